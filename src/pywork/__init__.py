@@ -1,0 +1,82 @@
+"""pywork: background work with the abstractions of an HTTP framework.
+
+A :class:`Job` is a request, a handler sets an HTTP-like :class:`Status`, adapters
+(middleware) wrap handlers, and a :class:`Worker` performs jobs now, later,
+repeatedly or for every value received from a :class:`Channel`.
+"""
+
+from __future__ import annotations
+
+from pywork.channel import Channel
+from pywork.concurrent import ConcurrentJob, PerformWith
+from pywork.errors import (
+    BadRequest,
+    ChannelClosed,
+    ChannelFull,
+    Forbidden,
+    HandlerAlreadyRegistered,
+    HandlerNotFound,
+    InternalError,
+    JobError,
+    JobTimeout,
+    NoResponse,
+    NotFound,
+    PyworkError,
+    SerializationError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    WorkerNotRunning,
+)
+from pywork.handler import adapt
+from pywork.job import (
+    AGGREGATE_LOGGER,
+    REQUEST_SIZE,
+    RESPONSE_SIZE,
+    TRACING_CONTEXT,
+    Context,
+    Job,
+)
+from pywork.schedule import Execution, Schedule
+from pywork.status import Status
+from pywork.types import Adapter, Handler
+from pywork.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AGGREGATE_LOGGER",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "TRACING_CONTEXT",
+    "Adapter",
+    "BadRequest",
+    "Channel",
+    "ChannelClosed",
+    "ChannelFull",
+    "ConcurrentJob",
+    "Context",
+    "Execution",
+    "Forbidden",
+    "Handler",
+    "HandlerAlreadyRegistered",
+    "HandlerNotFound",
+    "InternalError",
+    "Job",
+    "JobError",
+    "JobTimeout",
+    "NoResponse",
+    "NotFound",
+    "PerformWith",
+    "PyworkError",
+    "Schedule",
+    "SerializationError",
+    "Status",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unavailable",
+    "Worker",
+    "WorkerNotRunning",
+    "__version__",
+    "adapt",
+]

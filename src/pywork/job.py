@@ -1,0 +1,241 @@
+"""Job (the request) and Context (the per-execution state passed down the middleware chain)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pywork._durations import optional_duration
+from pywork.status import Status
+
+if TYPE_CHECKING:
+    from pywork.worker import Worker
+
+__all__ = [
+    "AGGREGATE_LOGGER",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "TRACING_CONTEXT",
+    "Context",
+    "Job",
+    "new_id",
+]
+
+#: Context key of the aggregate logger set by ``with_aggregate_logger``.
+AGGREGATE_LOGGER = "aggregateLogger"
+#: Context key of the OpenTelemetry span set by ``with_tracing``.
+TRACING_CONTEXT = "tracing-context"
+#: Context key a handler sets to the size of its input, observed by ``with_prometheus``.
+REQUEST_SIZE = "keyRequestSize"
+#: Context key a handler sets to the size of its output, observed by ``with_prometheus``.
+RESPONSE_SIZE = "keyResponseSize"
+
+_MISSING: Any = object()
+
+
+def new_id() -> str:
+    """Return a new random job id: 32 lowercase hex characters."""
+    return os.urandom(16).hex()
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A unit of work, like a request: which handler, with which args, on which queue.
+
+    Args:
+        handler: the registered handler name (a non-empty str).
+        args: the handler's arguments; JSON-compatible when the job goes through a
+            durable queue.
+        queue: the durable queue the job goes to.
+        timeout: seconds (or a timedelta) one execution may take; None for no limit.
+        id: 32 hex characters, new for each Job.
+        key: uniqueness key on durable queues.
+        max_retries: durable retries; None takes the consumer's default.
+        headers: string metadata, such as W3C trace context.
+        ctx: the Context of the current execution, set by the worker.
+
+    Raises:
+        TypeError, ValueError: a field has the wrong type or value.
+    """
+
+    handler: str
+    args: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    timeout: float | None = None
+    id: str = field(default_factory=new_id)
+    key: str | None = None
+    max_retries: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    ctx: Context | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.handler, str):
+            raise TypeError(f"Job handler must be a str naming a handler, got {self.handler!r}")
+        if not self.handler:
+            raise ValueError("Job handler must be a non-empty str naming a registered handler")
+        if not isinstance(self.args, dict):
+            raise TypeError(f"Job args must be a dict, got {type(self.args).__name__}")
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ValueError(f"Job queue must be a non-empty str, got {self.queue!r}")
+        timeout: object = self.timeout
+        if timeout is not None:
+            self.timeout = optional_duration(timeout, "Job timeout", allow_zero=False)
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Job id must be a non-empty str, got {self.id!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(f"Job key must be None or a non-empty str, got {self.key!r}")
+        retries: object = self.max_retries
+        if retries is not None and (
+            isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+        ):
+            raise ValueError(f"Job max_retries must be None or an int >= 0, got {retries!r}")
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise TypeError(f"Job headers must be a dict of str to str, got {self.headers!r}")
+
+    def copy(self) -> Job:
+        """Return a copy with a new id, shallow copies of args and headers, and no ctx."""
+        clone = object.__new__(Job)
+        clone.handler = self.handler
+        clone.args = dict(self.args)
+        clone.queue = self.queue
+        clone.timeout = self.timeout
+        clone.id = new_id()
+        clone.key = self.key
+        clone.max_retries = self.max_retries
+        clone.headers = dict(self.headers)
+        clone.ctx = None
+        return clone
+
+
+class _JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose records carry `job_id` and `handler`, merged with any caller `extra`."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = kwargs.get("extra")
+        kwargs["extra"] = {**(self.extra or {}), **extra} if extra else self.extra
+        return msg, kwargs
+
+
+class Context:
+    """The state of one execution, made by the worker and attached as ``job.ctx``.
+
+    It carries key/values down the middleware chain (``ctx["k"] = v``), the status,
+    the deadline, the cancellation flag, the attempt number and a logger.
+    """
+
+    __slots__ = (
+        "_abandoned_by",
+        "_logger",
+        "_status",
+        "_values",
+        "attempt",
+        "cancelled",
+        "deadline",
+        "error",
+        "job",
+        "worker",
+        "worker_number",
+    )
+
+    def __init__(
+        self,
+        job: Job,
+        worker: Worker | None = None,
+        *,
+        attempt: int = 1,
+        worker_number: int | None = None,
+    ) -> None:
+        self.job = job
+        self.worker = worker
+        self.attempt = attempt
+        self.worker_number = worker_number
+        self.deadline: float | None = None
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self._status = Status.UNKNOWN
+        self._values: dict[str, Any] | None = None
+        self._logger: Any = None
+        self._abandoned_by: int | None = None
+
+    # key/values -------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value stored under `key`, or `default`."""
+        values = self._values
+        return default if values is None else values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store `value` under `key` for the rest of this execution."""
+        if self._values is None:
+            self._values = {}
+        self._values[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return self._values is not None and key in self._values
+
+    # status -----------------------------------------------------------------
+    @property
+    def status(self) -> Status:
+        """The execution's status; UNKNOWN until the handler or the outcome rules set it."""
+        return self._status
+
+    @status.setter
+    def status(self, value: Status | int) -> None:
+        if self._abandoned_by is not None and threading.get_ident() != self._abandoned_by:
+            return  # a sync handler that outlived its deadline: its writes are discarded
+        self._status = Status.coerce(value)
+
+    def set_status(self, status: Status | int) -> None:
+        """Set the execution's status (a Status or its integer code)."""
+        self.status = status
+
+    # time -------------------------------------------------------------------
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (never negative), or None without a timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    # logging ----------------------------------------------------------------
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger whose records carry `job_id` and `handler` (replaceable by adapters)."""
+        logger = self._logger
+        if logger is None:
+            base = self.worker.logger if self.worker is not None else logging.getLogger("pywork")
+            logger = self._logger = _JobLogger(
+                base, {"job_id": self.job.id, "handler": self.job.handler}
+            )
+        return logger  # type: ignore[no-any-return]
+
+    @logger.setter
+    def logger(self, value: Any) -> None:
+        self._logger = value
+
+    def _abandon(self) -> None:
+        """Discard status writes from other threads (a sync handler past its end)."""
+        self.cancelled = True
+        self._abandoned_by = threading.get_ident()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Context job={self.job.id} handler={self.job.handler!r} "
+            f"status={self._status.name} attempt={self.attempt}>"
+        )

@@ -1,0 +1,507 @@
+"""Worker: registers handlers, wraps them in middleware, performs jobs (go-work CommonWorker)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from pywork._durations import duration, positive_int
+from pywork.channel import Channel
+from pywork.errors import (
+    HandlerAlreadyRegistered,
+    HandlerNotFound,
+    JobError,
+    WorkerNotRunning,
+)
+from pywork.handler import log_failure, with_outcome
+from pywork.job import Context, Job
+from pywork.schedule import Execution, Schedule
+from pywork.status import Status
+from pywork.types import Adapter, AnyHandler, Handler
+
+__all__ = ["Worker"]
+
+H = TypeVar("H", bound=AnyHandler)
+
+_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
+_CANCELLED = Status.CANCELLED
+_YIELD_EVERY = 256  # runs launched from a synchronous source between yields to the loop
+
+
+class Worker:
+    """Registers handlers and performs jobs now, later, repeatedly or per received value.
+
+    Args:
+        middleware: worker-wide adapters, outside any per-handler adapters; the last
+            is outermost, as in :func:`pywork.adapt`.
+        max_concurrency: the most executions running at once; excess runs wait their
+            turn in order. None for no limit. Also sizes the thread pool of plain handlers.
+        logger: where tracebacks and worker events go (default ``logging.getLogger("pywork")``).
+        session: shared resources for handlers (``job.ctx.worker.session``).
+        name: a name for logs and the ops app.
+
+    Use it as ``async with Worker() as worker:`` or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        middleware: Sequence[Adapter] = (),
+        max_concurrency: int | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        session: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(middleware, str | bytes) or not isinstance(middleware, Sequence):
+            raise TypeError(f"middleware must be a sequence of adapters, got {middleware!r}")
+        _check_adapters(middleware)
+        if max_concurrency is not None:
+            max_concurrency = positive_int(max_concurrency, "max_concurrency")
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"logger must be a logging.Logger or LoggerAdapter, got {logger!r}")
+        if session is not None and not isinstance(session, Mapping):
+            raise TypeError(f"session must be a mapping (e.g. a dict), got {session!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be None or a non-empty str, got {name!r}")
+        self.name = name or "pywork"
+        self.logger = logger or logging.getLogger("pywork")
+        self.session: dict[str, Any] = dict(session or {})
+        self.max_concurrency = max_concurrency
+        self._middleware: list[Adapter] = list(middleware)
+        self._handlers: dict[str, Handler] = {}
+        self._chains: dict[str, Handler] = {}
+        self._state = _NEW
+        self._stopping: asyncio.Future[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._executions: set[Execution] = set()
+        self._schedules: set[Schedule] = set()
+        self._active = 0
+        self._number: int | None = None  # set by ConcurrentJob
+
+    # registration -------------------------------------------------------------
+    def register(self, name: str, handler: AnyHandler) -> None:
+        """Register `handler` (async or plain function taking a Job) under `name`.
+
+        Raises:
+            TypeError: `name` is not a str or `handler` is not callable.
+            ValueError: `name` is empty.
+            HandlerAlreadyRegistered: `name` is taken.
+        """
+        check_handler_name(name)
+        if name in self._handlers:
+            raise HandlerAlreadyRegistered(f"a handler named {name!r} is already registered")
+        self._handlers[name] = with_outcome(handler)
+        if self._state == _RUNNING:
+            self._chains[name] = self._compose(name)
+
+    @overload
+    def handler(self, name: H) -> H: ...
+    @overload
+    def handler(self, name: str | None = None) -> Callable[[H], H]: ...
+
+    def handler(self, name: str | H | None = None) -> H | Callable[[H], H]:
+        """Decorator registering a function under `name` (default: its ``__name__``).
+
+        Both ``@worker.handler`` and ``@worker.handler("email.send")`` work.
+        """
+        if callable(name):
+            func = name
+            self.register(func.__name__, func)
+            return func
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"handler name must be a str or None, got {name!r}")
+
+        def decorator(func: H) -> H:
+            self.register(name or func.__name__, func)
+            return func
+
+        return decorator
+
+    def use(self, *adapters: Adapter) -> None:
+        """Add worker-wide middleware (outermost last). Only before :meth:`start`.
+
+        Raises:
+            RuntimeError: the worker was started.
+            TypeError: an adapter is not callable.
+        """
+        if self._state != _NEW:
+            raise RuntimeError("Worker.use() must be called before the worker starts")
+        _check_adapters(adapters)
+        self._middleware.extend(adapters)
+
+    @property
+    def handlers(self) -> list[str]:
+        """The registered handler names, in registration order."""
+        return list(self._handlers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+    def _compose(self, name: str) -> Handler:
+        chain = self._handlers[name]
+        for adapter in self._middleware:
+            chain = adapter(chain)
+        return chain
+
+    # lifecycle ----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and the beginning of :meth:`stop`."""
+        return self._state == _RUNNING
+
+    @property
+    def active(self) -> int:
+        """Executions in progress (started, not finished)."""
+        return self._active
+
+    async def start(self) -> None:
+        """Start the worker (idempotent; a stopped worker can be started again)."""
+        if self._state == _RUNNING:
+            return
+        if self._state == _STOPPING:
+            raise RuntimeError("the worker is stopping; await stop() before starting it again")
+        if self.max_concurrency is not None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._chains = {name: self._compose(name) for name in self._handlers}
+        self._state = _RUNNING
+
+    async def stop(self, timeout: float | timedelta = 30.0) -> None:
+        """Stop: cancel schedules and timers, wait for running executions up to
+        `timeout` seconds, then cancel them (status CANCELLED). Idempotent."""
+        grace = duration(timeout, "timeout")
+        if self._state == _STOPPING and self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
+        if self._state != _RUNNING:
+            return
+        self._state = _STOPPING
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            await self._shutdown(grace)
+        finally:
+            self._state = _STOPPED
+            self._stopping.set_result(None)
+
+    async def _shutdown(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        schedules = list(self._schedules)
+        for schedule in schedules:
+            schedule._close_intake()
+        drivers = [s._driver for s in schedules if s._driver is not None]
+        if drivers:
+            await asyncio.gather(*drivers, return_exceptions=True)
+        tasks = {execution._task for execution in self._executions}
+        if tasks:
+            _, tasks = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        if tasks:
+            for execution in list(self._executions):
+                execution.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            if stuck:
+                self.logger.error("%d executions ignored cancellation at stop", len(stuck))
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await _shutdown_pool(pool, max(1.0, deadline - time.monotonic()), self.logger)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The pool that runs plain (sync) handlers, made on first use."""
+        if self._pool is None:
+            size = self.max_concurrency or 32
+            self._pool = ThreadPoolExecutor(size, thread_name_prefix=f"pywork-{self.name}")
+        return self._pool
+
+    # performing ---------------------------------------------------------------
+    def _check(self, job: Job) -> Handler:
+        if not isinstance(job, Job):
+            raise TypeError(f"expected a pywork.Job, got {job!r}")
+        if self._state != _RUNNING:
+            raise WorkerNotRunning(
+                f"worker {self.name!r} is not running ({self._state}); "
+                "await worker.start() or use 'async with worker' first"
+            )
+        chain = self._chains.get(job.handler)
+        if chain is None:
+            known = ", ".join(map(repr, self._handlers)) or "none"
+            raise HandlerNotFound(
+                f"no handler registered for {job.handler!r} (registered: {known})"
+            )
+        return chain
+
+    def _launch(
+        self, job: Job, chain: Handler, *, holds_slot: bool = False, attempt: int = 1
+    ) -> Execution:
+        ctx = Context(job, self, attempt=attempt, worker_number=self._number)
+        job.ctx = ctx
+        execution = Execution(job, ctx, self)
+        execution._holds_slot = holds_slot
+        execution._task = asyncio.get_running_loop().create_task(self._run(execution, chain))
+        self._executions.add(execution)
+        return execution
+
+    def _forget(self, execution: Execution) -> None:
+        """Drop a finished (or never started) execution and free its slot."""
+        self._executions.discard(execution)
+        if execution._holds_slot:
+            execution._holds_slot = False
+            assert self._slots is not None
+            self._slots.release()
+
+    async def _run(self, execution: Execution, chain: Handler) -> None:
+        ctx = execution.ctx
+        slots = self._slots
+        if slots is not None and not execution._holds_slot:
+            try:
+                await slots.acquire()
+            except asyncio.CancelledError:
+                ctx.cancelled = True
+                ctx._status = _CANCELLED
+                self._forget(execution)
+                return
+            execution._holds_slot = True
+        self._active += 1
+        try:
+            execution._started = time.time()
+            t0 = execution._t0 = time.monotonic()
+            job = execution.job
+            if job.timeout is not None:
+                ctx.deadline = t0 + job.timeout
+            await chain(job)
+        except asyncio.CancelledError as exc:
+            if ctx._status is not _CANCELLED:
+                ctx.cancelled = True
+                ctx.error = exc
+                ctx._status = _CANCELLED
+        except Exception as exc:  # an adapter raised: recovered like a handler
+            ctx.error = exc
+            if isinstance(exc, JobError):
+                ctx._status = exc.status
+            else:
+                ctx._status = Status.INTERNAL_ERROR
+                log_failure(ctx, exc, "middleware around")
+        finally:
+            execution._t1 = time.monotonic()
+            self._active -= 1
+            self._forget(execution)
+
+    async def perform(self, job: Job, *, wait: bool = False) -> Execution:
+        """Run `job` now; afterwards ``job.ctx`` is this execution's context.
+
+        With ``wait=True`` return when it finished, else at once. Handler failures are
+        never raised: read ``execution.status`` and ``execution.error``.
+
+        Raises:
+            TypeError: `job` is not a Job.
+            WorkerNotRunning: the worker is not started or is stopped.
+            HandlerNotFound: ``job.handler`` is not registered.
+        """
+        execution = self._launch(job, self._check(job))
+        if wait:
+            await _finished(execution)
+        return execution
+
+    async def perform_every(
+        self, job: Job, interval: float | timedelta, *, wait: bool = False
+    ) -> Schedule:
+        """Run a copy of `job` at once, then every `interval` seconds on the monotonic clock.
+
+        Tick k starts at ``start + k*interval`` (no cumulative drift). ``wait=False``
+        starts each tick's run even while earlier runs go on (bounded by
+        ``max_concurrency``); ``wait=True`` never overlaps and skips missed ticks.
+
+        Raises:
+            ValueError: `interval` <= 0. Also as :meth:`perform`.
+        """
+        chain = self._check(job)
+        every = duration(interval, "interval", allow_zero=False)
+        schedule = Schedule(job, self, chain)
+        first = schedule._start_run(job.copy())
+        self._drive(schedule, self._every(schedule, first, every, wait))
+        return schedule
+
+    async def perform_at(self, job: Job, when: datetime) -> Schedule:
+        """Run `job` itself once at `when` (naive = local time; a past time runs at once).
+
+        Raises:
+            TypeError: `when` is not a datetime. Also as :meth:`perform`.
+        """
+        chain = self._check(job)
+        if not isinstance(when, datetime):
+            raise TypeError(f"when must be a datetime.datetime, got {when!r}")
+        return self._timer(job, chain, max(0.0, when.timestamp() - time.time()))
+
+    async def perform_in(self, job: Job, delay: float | timedelta) -> Schedule:
+        """Run `job` itself once after `delay` seconds.
+
+        Raises:
+            ValueError: `delay` < 0. Also as :meth:`perform`.
+        """
+        chain = self._check(job)
+        return self._timer(job, chain, duration(delay, "delay"))
+
+    async def perform_receive(
+        self,
+        job: Job,
+        source: Channel[Any] | AsyncIterable[Any] | Iterable[Any],
+        *,
+        wait: bool = False,
+    ) -> Schedule:
+        """For every value from `source`, run ``job.copy()`` with ``args["received_data"]``.
+
+        `source` is a Channel, an async iterable or an iterable. ``wait=True`` finishes
+        each run before receiving the next; ``wait=False`` runs them concurrently,
+        bounded by ``max_concurrency`` (receiving pauses at the bound). The schedule is
+        done when the source is exhausted and its runs have finished.
+
+        Raises:
+            TypeError: `source` is not iterable (or is a str/bytes). Also as :meth:`perform`.
+        """
+        chain = self._check(job)
+        _check_source(source)
+        schedule = Schedule(job, self, chain)
+        self._drive(schedule, self._receive(schedule, source, wait))
+        return schedule
+
+    # schedule drivers ---------------------------------------------------------
+    def _timer(self, job: Job, chain: Handler, delay: float) -> Schedule:
+        schedule = Schedule(job, self, chain)
+        loop = asyncio.get_running_loop()
+        schedule._timer = loop.call_at(loop.time() + delay, schedule._fire)
+        self._schedules.add(schedule)
+        return schedule
+
+    def _drive(self, schedule: Schedule, driver: Any) -> None:
+        task = asyncio.get_running_loop().create_task(driver)
+        schedule._driver = task
+        task.add_done_callback(schedule._intake_closed)
+        self._schedules.add(schedule)
+
+    async def _every(self, schedule: Schedule, first: Execution, every: float, wait: bool) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        execution = first
+        while True:
+            if wait:
+                await _finished(execution)
+            tick += 1
+            now = loop.time()
+            if wait and start + tick * every < now:  # missed ticks are skipped
+                tick = math.floor((now - start) / every) + 1
+            await asyncio.sleep(start + tick * every - now)
+            execution = schedule._start_run(schedule.job.copy())
+
+    async def _receive(
+        self,
+        schedule: Schedule,
+        source: Channel[Any] | AsyncIterable[Any] | Iterable[Any],
+        wait: bool,
+    ) -> None:
+        try:
+            if isinstance(source, AsyncIterable):
+                async for value in source:
+                    await self._receive_one(schedule, value, wait)
+            else:
+                for count, value in enumerate(source, 1):
+                    await self._receive_one(schedule, value, wait)
+                    if count % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+        except Exception as exc:
+            self.logger.error(
+                "perform_receive source of %r raised %s: %s",
+                schedule.job.handler,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+
+    async def _receive_one(self, schedule: Schedule, value: Any, wait: bool) -> None:
+        job = schedule.job.copy()
+        job.args["received_data"] = value
+        if wait:
+            await _finished(schedule._start_run(job))
+        elif self._slots is not None:
+            await self._slots.acquire()
+            try:
+                schedule._start_run(job, holds_slot=True)
+            except BaseException:
+                self._slots.release()
+                raise
+        else:
+            schedule._start_run(job)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.name!r} {self._state} handlers={len(self._handlers)} "
+            f"active={self._active}>"
+        )
+
+
+async def _finished(execution: Execution) -> None:
+    """Wait for `execution` without cancelling it if the waiter is cancelled."""
+    task = execution._task
+    if not task.done():
+        await asyncio.shield(task)
+
+
+def check_handler_name(name: object) -> None:
+    """Raise TypeError/ValueError unless `name` is a non-empty str."""
+    if not isinstance(name, str):
+        raise TypeError(f"handler name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("handler name must be a non-empty str")
+
+
+def _check_adapters(adapters: Sequence[object]) -> None:
+    for adapter in adapters:
+        if not callable(adapter):
+            raise TypeError(
+                f"an adapter must be a callable taking a handler and returning one, got {adapter!r}"
+            )
+
+
+def _check_source(source: object) -> None:
+    if isinstance(source, str | bytes | bytearray) or not isinstance(
+        source, Channel | AsyncIterable | Iterable
+    ):
+        raise TypeError(
+            "source must be a pywork.Channel, an async iterable or an iterable "
+            f"(not a str or bytes), got {source!r}"
+        )
+
+
+async def _shutdown_pool(pool: ThreadPoolExecutor, timeout: float, logger: Any) -> None:
+    """Shut the thread pool down and wait up to `timeout` for its threads to end."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    threads: list[threading.Thread] = list(getattr(pool, "_threads", ()))
+    deadline = time.monotonic() + timeout
+    while any(t.is_alive() for t in threads):
+        if time.monotonic() >= deadline:
+            names = [t.name for t in threads if t.is_alive()]
+            logger.error(
+                "plain handlers still running in threads %s after stop; "
+                "poll job.ctx.cancelled to end them",
+                names,
+            )
+            return
+        await asyncio.sleep(0.005)
