@@ -7,6 +7,7 @@ repeatedly or for every value received from a :class:`Channel`.
 
 from __future__ import annotations
 
+from pywork.brokers import Broker, JobRecord, JobState, QueueStats, connect
 from pywork.channel import Channel
 from pywork.concurrent import ConcurrentJob, PerformWith
 from pywork.errors import (
@@ -51,6 +52,7 @@ __all__ = [
     "TRACING_CONTEXT",
     "Adapter",
     "BadRequest",
+    "Broker",
     "Channel",
     "ChannelClosed",
     "ChannelFull",
@@ -64,11 +66,14 @@ __all__ = [
     "InternalError",
     "Job",
     "JobError",
+    "JobRecord",
+    "JobState",
     "JobTimeout",
     "NoResponse",
     "NotFound",
     "PerformWith",
     "PyworkError",
+    "QueueStats",
     "Schedule",
     "SerializationError",
     "Status",
@@ -79,4 +84,5 @@ __all__ = [
     "WorkerNotRunning",
     "__version__",
     "adapt",
+    "connect",
 ]

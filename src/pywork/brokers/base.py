@@ -1,0 +1,185 @@
+"""The Broker protocol every durable backend implements, and the records it returns.
+
+A broker stores jobs and leases them to consumers. The producer side (``enqueue``,
+``get``, ``cancel``, ``stats``, dead letters) is the public contract; the consumer
+side (``claim``, ``wait``, ``renew``, ``settle``) is what :meth:`Worker.consume` drives.
+
+Lifecycle of a job::
+
+    enqueue ──> queued ───────────────claim──> running ──settle──> succeeded
+           └──> scheduled ──(due)──> queued       │   ├─────────> failed ──(backoff due)──> queued
+                                                  │   ├─────────> dead      (retry_dead ──> queued)
+                                                  │   └─────────> queued    (released at shutdown)
+                                   (lease expired)└──> queued / dead (attempt counted)
+    cancel: queued / scheduled / failed / running ──> cancelled
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pywork.job import Job
+from pywork.status import Status
+
+__all__ = ["Broker", "Delivery", "JobRecord", "JobState", "Outcome", "QueueStats"]
+
+
+class JobState(StrEnum):
+    """Where a job is in its lifecycle."""
+
+    QUEUED = "queued"  # ready to be claimed
+    SCHEDULED = "scheduled"  # waiting for its at/delay
+    RUNNING = "running"  # leased to a consumer
+    FAILED = "failed"  # an attempt failed; a retry waits for its backoff
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What a broker knows of one job."""
+
+    id: str
+    handler: str
+    queue: str
+    args: dict[str, Any]
+    state: JobState
+    status: Status | None
+    attempts: int
+    error: str | None
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    key: str | None = None
+    run_at: datetime | None = None  # when a scheduled or failed job becomes ready
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The number of a queue's jobs in each state now."""
+
+    queued: int = 0
+    scheduled: int = 0
+    running: int = 0
+    failed: int = 0
+    succeeded: int = 0
+    dead: int = 0
+    cancelled: int = 0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job leased to one consumer.
+
+    Attributes:
+        id: the job id.
+        token: the fencing token of this lease; only its holder may settle the job.
+        attempt: this run's attempt number (1 for the first run).
+        job: the decoded job, or None when the stored message could not be decoded.
+        error: why decoding failed, when `job` is None.
+    """
+
+    id: str
+    token: str
+    attempt: int
+    job: Job | None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a delivery ended, for :meth:`Broker.settle`.
+
+    `state` is SUCCEEDED, FAILED (retry after `retry_in` seconds), DEAD, or QUEUED
+    (released untouched at shutdown: the attempt is not counted).
+    """
+
+    delivery: Delivery
+    state: JobState
+    status: Status | None = None
+    error: str | None = None
+    retry_in: float | None = None
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A durable job store. One module per backend implements it."""
+
+    url: str
+    retention: float
+
+    # producer side (contract §7) ------------------------------------------------
+    async def enqueue(
+        self, job: Job, *, at: datetime | None = None, delay: float | None = None
+    ) -> str:
+        """Store `job` (durable once this returns) and return its id (see the contract)."""
+        ...
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Store `jobs` in one round trip where the backend allows; all or nothing."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of `job_id`, or None."""
+        ...
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued, scheduled, failed or running job; True if this call did it."""
+        ...
+
+    async def stats(self) -> dict[str, QueueStats]:
+        """Per-queue counts of jobs in each state."""
+        ...
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Dead jobs, oldest first."""
+        ...
+
+    async def retry_dead(self, job_id: str) -> bool:
+        """Queue a dead job again with attempts reset to 0; True if it was dead."""
+        ...
+
+    async def purge_dead(self, queue: str | None = None) -> int:
+        """Delete dead jobs; return how many."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    # consumer side (driven by Worker.consume) ------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, *, lease: float, max_retries: int
+    ) -> list[Delivery]:
+        """Lease up to `limit` ready jobs of `queues` for `lease` seconds, oldest first.
+
+        Each claimed job's attempts count up by one and it gets a new fencing token.
+        Scheduled and failed jobs whose time came are ready. Jobs whose lease expired
+        are taken back first: queued again, or dead (status TIMEOUT, error naming the
+        expired lease) once their attempts exceed their max_retries (the job's own,
+        else `max_retries`).
+        """
+        ...
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may be ready in `queues` (new, due or expired), or after
+        `timeout` seconds, whichever is first. Never busy-polls."""
+        ...
+
+    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
+        """Extend the leases still held; return ``{id: reason}`` for the others, where
+        reason is ``"cancelled"`` (broker.cancel was called: stop the run) or ``"lost"``
+        (the lease expired and the job was taken back: the run's result will be dropped)."""
+        ...
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes in one round trip where possible, each fenced by its token.
+
+        Returns, per outcome, whether it was applied (False: the lease was lost or the
+        job was cancelled; nothing changed)."""
+        ...

@@ -1,0 +1,100 @@
+"""The wire format of durable queues: strict JSON via msgspec, never pickle.
+
+Args and headers must be JSON: dicts with str keys, lists/tuples, str, int, float
+(finite), bool and None. Anything else raises :class:`SerializationError` naming the
+key path (``args['user']['created']``) before anything is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from pywork.errors import SerializationError
+from pywork.job import Job
+
+__all__ = ["DecodeError", "check_json", "decode_job", "encode_job"]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+_SCALARS = (str, int, bool, type(None))
+
+
+class DecodeError(ValueError):
+    """A stored message is not a valid job (it is dead-lettered with BAD_REQUEST)."""
+
+
+def check_json(value: Any, path: str = "args") -> None:
+    """Raise SerializationError, naming the key path, unless `value` is plain JSON."""
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(f"{path} is {value!r}: JSON has no NaN or infinity")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path} has a key {key!r} of type {type(key).__name__}: JSON keys are str"
+                )
+            check_json(item, f"{path}[{key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_json(item, f"{path}[{index}]")
+        return
+    raise SerializationError(
+        f"{path} is a {type(value).__name__} ({value!r:.60}), which a durable queue cannot "
+        "encode; use dict (str keys), list, str, int, float, bool or None"
+    )
+
+
+def encode_job(job: Job) -> bytes:
+    """Encode `job` (all fields but ctx) as JSON bytes.
+
+    Raises:
+        SerializationError: args or headers are not plain JSON.
+    """
+    check_json(job.args, "args")
+    check_json(job.headers, "headers")
+    return _encoder.encode(
+        {
+            "id": job.id,
+            "handler": job.handler,
+            "args": job.args,
+            "queue": job.queue,
+            "timeout": job.timeout,
+            "key": job.key,
+            "max_retries": job.max_retries,
+            "headers": job.headers,
+        }
+    )
+
+
+def decode_job(data: bytes | str) -> Job:
+    """Decode bytes made by :func:`encode_job` back into a Job.
+
+    Raises:
+        DecodeError: `data` is not a valid encoded job.
+    """
+    try:
+        fields = _decoder.decode(data)
+        if not isinstance(fields, dict):
+            raise DecodeError(f"expected a JSON object, got {type(fields).__name__}")
+        return Job(
+            fields["handler"],
+            fields.get("args") or {},
+            queue=fields.get("queue") or "default",
+            timeout=fields.get("timeout"),
+            id=fields["id"],
+            key=fields.get("key"),
+            max_retries=fields.get("max_retries"),
+            headers=fields.get("headers") or {},
+        )
+    except DecodeError:
+        raise
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"undecodable job message: {type(exc).__name__}: {exc}") from exc
