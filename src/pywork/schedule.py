@@ -106,7 +106,9 @@ class Execution:
         return self.ctx.status
 
     def __await__(self) -> Generator[Any, None, Status]:
-        return self.wait().__await__()
+        if not self._task.done():
+            yield from asyncio.shield(self._task).__await__()
+        return self.ctx.status
 
     def __repr__(self) -> str:
         state = "done" if self._task is not None and self._task.done() else "pending"
