@@ -178,6 +178,7 @@ class ConcurrentJob:
         self._spawn(first)
         if self.max_workers > 1:
             self._ramp = asyncio.get_running_loop().create_task(self._ramp_up())
+            self._ramp.add_done_callback(self._ramp_done)
 
     async def stop(self, timeout: float | timedelta = 30.0) -> None:
         """Stop every worker (see :meth:`Worker.stop`) and the on-ramp. Idempotent."""
@@ -261,6 +262,8 @@ class ConcurrentJob:
                 self._busy -= 1
             if self.perform_with in _RECEIVE:
                 self._exhausted = self._running
+                if self._exhausted and self._ramp is not None:
+                    self._ramp.cancel()  # the source is exhausted: start no more workers
                 return
             await asyncio.sleep(self.start_interval)
 
@@ -282,6 +285,9 @@ class ConcurrentJob:
             self.logger.error("ConcurrentJob worker failed", exc_info=task.exception())
         if self._ramp is None or self._ramp.done():
             self._finish_if_exhausted()
+
+    def _ramp_done(self, _: asyncio.Task[None]) -> None:
+        self._finish_if_exhausted()
 
     def _finish_if_exhausted(self) -> None:
         if self._exhausted and not self._slots and self._finished is not None:
