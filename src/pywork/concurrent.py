@@ -286,7 +286,9 @@ class ConcurrentJob:
         if self._ramp is None or self._ramp.done():
             self._finish_if_exhausted()
 
-    def _ramp_done(self, _: asyncio.Task[None]) -> None:
+    def _ramp_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.logger.error("ConcurrentJob on-ramp failed", exc_info=task.exception())
         self._finish_if_exhausted()
 
     def _finish_if_exhausted(self) -> None:
