@@ -19,11 +19,12 @@ __all__ = ["Execution", "Schedule"]
 
 
 async def _wait_for(fut: asyncio.Future[Any], timeout: float | None) -> None:
-    """Wait for `fut` without cancelling it, up to `timeout` (TimeoutError after)."""
+    """Wait for `fut` without cancelling it, up to `timeout` (TimeoutError after).
+
+    ``asyncio.wait`` rather than ``shield``: an execution cancelled before its first
+    step ends as a cancelled task, which must not raise CancelledError in the waiter.
+    """
     if fut.done():
-        return
-    if timeout is None:
-        await asyncio.shield(fut)
         return
     done, _ = await asyncio.wait((fut,), timeout=timeout)
     if not done:
@@ -107,7 +108,7 @@ class Execution:
 
     def __await__(self) -> Generator[Any, None, Status]:
         if not self._task.done():
-            yield from asyncio.shield(self._task).__await__()
+            yield from asyncio.wait((self._task,)).__await__()
         return self.ctx.status
 
     def __repr__(self) -> str:
