@@ -403,6 +403,28 @@ async def test_cancel_returns_true_then_false() -> None:
         assert execution.finished_at is not None
 
 
+async def test_awaiting_an_execution_cancelled_before_it_started_returns_cancelled() -> None:
+    ran: list[str] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    async with Worker() as worker:
+        worker.register("h", handler)
+        for wait in (
+            lambda e: e,  # await execution
+            lambda e: e.wait(),
+            lambda e: e.wait(timeout=5),
+        ):
+            execution = await worker.perform(Job("h"))
+            assert execution.cancel() is True  # before its first step
+            assert await wait(execution) is Status.CANCELLED
+            assert execution.done()
+            assert execution.ctx.cancelled is True
+            assert execution.started_at is None
+    assert ran == []
+
+
 # max_concurrency --------------------------------------------------------------------------
 
 
