@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -78,18 +79,18 @@ def test_retry_after_rejects_bad_values(bad: object) -> None:
 
 def test_retry_after_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        JobError(Status.UNAVAILABLE, "msg", 3)  # type: ignore[misc]
+        JobError(Status.UNAVAILABLE, "msg", 3)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        Unavailable("msg", 3)  # type: ignore[misc]
+        Unavailable("msg", 3)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(("cls", "status"), FIXED, ids=lambda v: getattr(v, "__name__", ""))
-def test_fixed_status_subclasses(cls: type[JobError], status: Status) -> None:
+def test_fixed_status_subclasses(cls: Any, status: Status) -> None:
     plain = cls()
     assert plain.status is status
     assert str(plain) == ""
     assert plain.retry_after is None
-    err = cls("why", retry_after=timedelta(seconds=4))  # type: ignore[call-arg]
+    err = cls("why", retry_after=timedelta(seconds=4))
     assert err.status is status
     assert str(err) == "why"
     assert err.retry_after == 4.0

@@ -70,7 +70,11 @@ def test_adapt_composition_order_property(count: int) -> None:
 
     adapters = [recorder(trace, str(i)) for i in range(count)]
     job = Job("h")
-    asyncio.run(adapt(handler, *adapters)(job))
+
+    async def run() -> None:
+        await adapt(handler, *adapters)(job)
+
+    asyncio.run(run())
     expected = (
         [f"{i}>" for i in reversed(range(count))] + ["handler"] + [f"<{i}" for i in range(count)]
     )

@@ -75,7 +75,7 @@ def test_id_is_32_hex_chars_and_new_for_each_job() -> None:
 
 
 def test_timedelta_timeout_is_converted_to_seconds() -> None:
-    job = Job("h", timeout=timedelta(milliseconds=1500))
+    job = Job("h", timeout=timedelta(milliseconds=1500))  # type: ignore[arg-type]
     assert job.timeout == 1.5
     assert isinstance(job.timeout, float)
 
@@ -194,7 +194,7 @@ def test_status_setter_accepts_members_and_int_codes() -> None:
     assert ctx.status is Status.NOT_FOUND
     assert isinstance(ctx.status, Status)
     ctx.set_status(503)
-    assert ctx.status is Status.UNAVAILABLE
+    assert ctx.status is Status.UNAVAILABLE  # type: ignore[comparison-overlap]
     ctx.set_status(Status.SUCCESS)
     assert ctx.status is Status.SUCCESS
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +16,7 @@ from helpers import Gauge, other_tasks, pywork_threads, wait_until
 from pywork import (
     Adapter,
     Channel,
+    Execution,
     Handler,
     HandlerAlreadyRegistered,
     HandlerNotFound,
@@ -411,11 +412,12 @@ async def test_awaiting_an_execution_cancelled_before_it_started_returns_cancell
 
     async with Worker() as worker:
         worker.register("h", handler)
-        for wait in (
+        waits: list[Callable[[Execution], Awaitable[Status]]] = [
             lambda e: e,  # await execution
             lambda e: e.wait(),
             lambda e: e.wait(timeout=5),
-        ):
+        ]
+        for wait in waits:
             execution = await worker.perform(Job("h"))
             assert execution.cancel() is True  # before its first step
             assert await wait(execution) is Status.CANCELLED
