@@ -91,6 +91,23 @@ def test_register_and_handler_decorator() -> None:
         cj.register("x", 42)  # type: ignore[arg-type]
 
 
+async def test_handlers_registered_after_start_reach_every_worker() -> None:
+    gate = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        await gate.wait()
+
+    cj = ConcurrentJob(Job("h"), max_workers=2)
+    cj.register("h", handler)
+    async with cj:
+        await wait_until(lambda: len(cj.workers) == 2)
+        cj.register("late", noop)
+        assert all("late" in worker for worker in cj.workers)
+        execution = await cj.workers[1].perform(Job("late"), wait=True)
+        assert execution.status is Status.SUCCESS
+        gate.set()
+
+
 async def test_start_raises_handler_not_found() -> None:
     cj = ConcurrentJob(Job("missing"))
     cj.register("other", noop)

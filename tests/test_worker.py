@@ -504,6 +504,18 @@ async def test_cancelling_a_waiting_execution_never_runs_it_and_keeps_the_bound(
     assert ran == [1, 3]
 
 
+async def test_time_waiting_for_a_slot_does_not_count_against_the_timeout() -> None:
+    async def handler(job: Job) -> None:
+        await asyncio.sleep(job.args["sleep"])
+
+    async with Worker(max_concurrency=1) as worker:
+        worker.register("h", handler)
+        first = await worker.perform(Job("h", {"sleep": 0.2}))
+        second = await worker.perform(Job("h", {"sleep": 0.01}, timeout=0.1))
+        assert await second.wait(timeout=5) is Status.SUCCESS
+        assert await first is Status.SUCCESS
+
+
 # stop ---------------------------------------------------------------------------------------
 
 
