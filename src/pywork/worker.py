@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pywork._durations import duration, positive_int
 from pywork.channel import Channel
@@ -26,6 +26,9 @@ from pywork.job import Context, Job
 from pywork.schedule import Execution, Schedule
 from pywork.status import Status
 from pywork.types import Adapter, AnyHandler, Handler
+
+if TYPE_CHECKING:
+    from pywork.brokers.base import Broker
 
 __all__ = ["Worker"]
 
@@ -86,6 +89,7 @@ class Worker:
         self._schedules: set[Schedule] = set()
         self._active = 0
         self._number: int | None = None  # set by ConcurrentJob
+        self._stop_hooks: list[Callable[[], None]] = []  # called when stop() begins (consumers)
 
     # registration -------------------------------------------------------------
     def register(self, name: str, handler: AnyHandler) -> None:
@@ -185,6 +189,8 @@ class Worker:
             return
         self._state = _STOPPING
         self._stopping = asyncio.get_running_loop().create_future()
+        for hook in list(self._stop_hooks):
+            hook()
         try:
             await self._shutdown(grace)
         finally:
@@ -381,6 +387,52 @@ class Worker:
         schedule = Schedule(job, self, chain)
         self._drive(schedule, self._receive(schedule, source, wait))
         return schedule
+
+    async def consume(
+        self,
+        broker: Broker,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int | None = None,
+        lease: float | timedelta = 30.0,
+        max_retries: int = 3,
+        backoff: tuple[float | timedelta, float | timedelta] = (1.0, 300.0),
+    ) -> None:
+        """Consume jobs from a durable `broker` until :meth:`stop` has completed.
+
+        Starts the worker if it is not running. Jobs are delivered at least once: each is
+        leased to this consumer, the lease is renewed while it runs, and a job whose
+        consumer died is delivered again once its lease expires. Worker middleware
+        applies. Returns without raising once ``worker.stop()`` completed; jobs leased
+        but not started, and runs cut short by the stop, go back to the queue at once.
+        See ``docs/brokers.md``.
+
+        Args:
+            broker: from :func:`pywork.connect`.
+            queues: the queue names to take jobs from (oldest job first).
+            concurrency: the most consumed jobs running at once; default
+                ``max_concurrency`` of the worker, else 100.
+            lease: seconds a job stays leased without renewal (renewed every
+                ``min(lease / 3, 0.5)`` s while it runs).
+            max_retries: retries of a failed job (``job.max_retries`` overrides).
+            backoff: ``(base, cap)``: retry ``n`` waits a random time in
+                ``[0, min(cap, base * 2**(n-1))]`` (full jitter), or the error's ``retry_after``.
+
+        Raises:
+            TypeError, ValueError: an argument is invalid (checked before anything starts).
+        """
+        from pywork.consumer import Consumer
+
+        consumer = Consumer(
+            self,
+            broker,
+            queues=queues,
+            concurrency=concurrency,
+            lease=lease,
+            max_retries=max_retries,
+            backoff=backoff,
+        )
+        await consumer.run()
 
     # schedule drivers ---------------------------------------------------------
     def _timer(self, job: Job, chain: Handler, delay: float) -> Schedule:

@@ -1,0 +1,528 @@
+"""The consume loop behind :meth:`Worker.consume`: at-least-once execution of durable jobs.
+
+One :class:`Consumer` runs three tasks, all owned and awaited by :meth:`Consumer.run`:
+
+- the **claimer** leases jobs with ``broker.claim`` in batches, never holding more than
+  ``concurrency + prefetch`` jobs (running, leased-but-not-started, or finished and not
+  yet settled), so a busy consumer does not hoard jobs other consumers could run; when
+  nothing is ready it sleeps in ``broker.wait`` (no busy loop);
+- the **renewer** extends the leases of every held job every ``min(lease / 3, 0.5)`` s
+  from the event loop (plain handlers run in threads, so they cannot starve it) and
+  learns of cancellation (the run is cancelled) and of lost leases (the run's result
+  will be dropped: fencing);
+- the **settler** buffers outcomes and settles them in batches (every few ms or every
+  few hundred outcomes).
+
+Broker errors (a restarting Redis or PostgreSQL) never crash the consumer: each call is
+retried with exponential backoff and logged; nothing is lost, because a job is only
+settled once the broker acknowledged it, and a job whose lease lapsed meanwhile is
+delivered again.
+
+Outcome rules (contract §7): SUCCESS and NO_RESPONSE → succeeded; a retryable status
+(and UNKNOWN) → failed, retried after ``retry_after`` or a full-jitter backoff while the
+attempt is <= max_retries, else dead; any other 4xx → dead at once; a run cut short by
+worker shutdown, or never started → queued again without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pywork._durations import duration, positive_int
+from pywork.brokers.base import Broker, Delivery, JobState, Outcome
+from pywork.errors import JobError
+from pywork.status import Status
+
+if TYPE_CHECKING:
+    from pywork.schedule import Execution
+    from pywork.worker import Worker
+
+__all__ = ["DEFAULT_CONCURRENCY", "Consumer", "outcome_for", "prefetch_for", "retry_delay"]
+
+#: Concurrency of a consumer whose worker has no ``max_concurrency``.
+DEFAULT_CONCURRENCY = 100
+#: Seconds ``broker.wait`` may sleep before the claimer looks again anyway.
+WAIT_TIMEOUT = 1.0
+#: Outcomes buffered before a settle is sent at once, and the most sent in one call.
+SETTLE_BATCH = 256
+#: Seconds an outcome may wait in the buffer for others to join its batch.
+SETTLE_DELAY = 0.002
+#: Backoff of retried broker calls after an error: first delay and cap, in seconds.
+ERROR_BACKOFF = (0.05, 2.0)
+
+_SUCCESS = (Status.SUCCESS, Status.NO_RESPONSE)
+
+
+def prefetch_for(concurrency: int) -> int:
+    """How many jobs a consumer of `concurrency` may hold beyond those running.
+
+    A quarter of the concurrency (at least 1, at most 100): enough to claim in batches
+    and keep every slot busy, few enough that other consumers are not starved.
+    """
+    return max(1, min(concurrency // 4, 100))
+
+
+def retry_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full-jitter backoff: a uniform random delay in ``[0, min(cap, base * 2**(attempt-1))]``."""
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 64))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def describe(error: BaseException | None) -> str | None:
+    """``"<ExceptionType>: <message>"`` for a job record, or None."""
+    if error is None:
+        return None
+    return f"{type(error).__name__}: {error}"
+
+
+def outcome_for(
+    delivery: Delivery,
+    status: Status,
+    error: BaseException | None,
+    *,
+    max_retries: int,
+    backoff: tuple[float, float],
+    stopping: bool = False,
+) -> Outcome:
+    """Turn a run's final status into the Outcome to settle (the rules in the module doc).
+
+    Args:
+        delivery: the leased job.
+        status: the execution's final status.
+        error: the exception that ended it, if any (its ``retry_after`` is honoured).
+        max_retries: the consumer's default; ``job.max_retries`` overrides it.
+        backoff: ``(base, cap)`` of the full-jitter backoff.
+        stopping: the run was cancelled because the worker is stopping.
+    """
+    if status in _SUCCESS:
+        return Outcome(delivery, JobState.SUCCEEDED, status)
+    if status is Status.CANCELLED and stopping:
+        return Outcome(delivery, JobState.QUEUED)
+    text = describe(error)
+    if 400 <= status < 500 and not status.is_retryable:
+        return Outcome(delivery, JobState.DEAD, status, text)
+    job = delivery.job
+    limit = job.max_retries if job is not None and job.max_retries is not None else max_retries
+    if delivery.attempt > limit:
+        return Outcome(delivery, JobState.DEAD, status, text)
+    if isinstance(error, JobError) and error.retry_after is not None:
+        retry_in = error.retry_after
+    else:
+        retry_in = retry_delay(delivery.attempt, *backoff)
+    return Outcome(delivery, JobState.FAILED, status, text, retry_in)
+
+
+class _Lease:
+    """One job this consumer holds, from claim to settle."""
+
+    __slots__ = ("cancelled", "delivery", "execution", "lost")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.execution: Execution | None = None
+        self.cancelled = False  # broker.cancel: the run is cancelled, nothing is settled
+        self.lost = False  # the lease lapsed and the job was taken back: result dropped
+
+
+class Consumer:
+    """Takes jobs from a broker and runs them on a worker; see :meth:`Worker.consume`.
+
+    Raises:
+        TypeError, ValueError: an argument is invalid.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        broker: Broker,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int | None = None,
+        lease: float | timedelta = 30.0,
+        max_retries: int = 3,
+        backoff: tuple[float | timedelta, float | timedelta] = (1.0, 300.0),
+    ) -> None:
+        if not isinstance(broker, Broker):
+            raise TypeError(f"broker must be a pywork broker (see pywork.connect), got {broker!r}")
+        if isinstance(queues, str | bytes) or not isinstance(queues, Sequence):
+            raise TypeError(
+                f"queues must be a sequence of queue names such as ('default',), got {queues!r}"
+            )
+        if not queues or not all(isinstance(q, str) and q for q in queues):
+            raise ValueError(f"queues must hold at least one non-empty str, got {queues!r}")
+        if concurrency is None:
+            concurrency = worker.max_concurrency or DEFAULT_CONCURRENCY
+        self.concurrency = positive_int(concurrency, "concurrency")
+        self.lease = duration(lease, "lease", allow_zero=False)
+        self.max_retries = positive_int(max_retries, "max_retries", minimum=0)
+        if not isinstance(backoff, tuple | list) or len(backoff) != 2:
+            raise TypeError(f"backoff must be a (base, cap) pair of seconds, got {backoff!r}")
+        base = duration(backoff[0], "backoff base")
+        cap = duration(backoff[1], "backoff cap")
+        if cap < base:
+            raise ValueError(f"backoff cap must be >= its base, got {backoff!r}")
+        self.backoff = (base, cap)
+        self.queues = tuple(dict.fromkeys(queues))
+        self.prefetch = prefetch_for(self.concurrency)
+        self.renew_every = min(self.lease / 3.0, 0.5)
+        self.worker = worker
+        self.broker = broker
+        self._logger = worker.logger
+        self._held: dict[str, _Lease] = {}  # job id -> lease, until settled or dropped
+        self._pending: deque[_Lease] = deque()  # leased, not started
+        self._running = 0
+        self._outbox: list[Outcome] = []
+        self._stopping = False
+        self._closing = False
+        self._stop_event = asyncio.Event()
+        self._changed = asyncio.Event()  # held count went down, or stopping
+        self._outbox_event = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    # the loop -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until the worker's :meth:`~Worker.stop` completed, then return.
+
+        If this coroutine is cancelled, it stops taking jobs, cancels its running jobs
+        (they go back to the queue), settles what it holds and re-raises.
+        """
+        worker = self.worker
+        await worker.start()
+        worker._stop_hooks.append(self._begin_stop)
+        loop = asyncio.get_running_loop()
+        claimer = loop.create_task(self._claim_loop(), name="pywork-consumer-claim")
+        renewer = loop.create_task(self._renew_loop(), name="pywork-consumer-renew")
+        settler = loop.create_task(self._settle_loop(), name="pywork-consumer-settle")
+        self._logger.info(
+            "consuming %s from %s (concurrency %d, lease %gs)",
+            ",".join(self.queues),
+            type(self.broker).__name__,
+            self.concurrency,
+            self.lease,
+        )
+        try:
+            try:
+                await self._stop_event.wait()
+                stopping = worker._stopping
+                if stopping is not None:
+                    await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                self._begin_stop()
+                await self._cancel_runs()
+                raise
+            finally:
+                await self._finish(claimer, renewer, settler)
+        finally:
+            if self._begin_stop in worker._stop_hooks:
+                worker._stop_hooks.remove(self._begin_stop)
+
+    def _begin_stop(self) -> None:
+        """Stop taking jobs and give back the ones not started (called as stop() begins)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        self._changed.set()
+        self._release_pending()
+
+    def _release_pending(self) -> None:
+        while self._pending:
+            lease = self._pending.popleft()
+            if not lease.lost and not lease.cancelled:
+                self._post(Outcome(lease.delivery, JobState.QUEUED))
+            else:
+                self._drop(lease)
+
+    async def _cancel_runs(self) -> None:
+        tasks = []
+        for lease in list(self._held.values()):
+            execution = lease.execution
+            if execution is not None and not execution.done():
+                execution.cancel()
+                tasks.append(execution._task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    async def _finish(self, *tasks: asyncio.Task[None]) -> None:
+        claimer, renewer, settler = tasks
+        await asyncio.wait([claimer])  # never cancelled mid-claim: its jobs would be orphaned
+        self._release_pending()
+        for lease in list(self._held.values()):  # runs that ignored cancellation at stop
+            execution = lease.execution
+            if execution is not None and not execution.done():
+                self._logger.error(
+                    "job %s (%s) still running after stop: released to the queue",
+                    lease.delivery.id,
+                    execution.job.handler,
+                )
+                lease.execution = None
+                self._post(Outcome(lease.delivery, JobState.QUEUED))
+        self._closing = True
+        self._outbox_event.set()
+        await asyncio.wait([settler])
+        self._closed.set()
+        await asyncio.wait([renewer])
+        for task in tasks:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                self._logger.error("consumer task %s failed", task.get_name(), exc_info=error)
+
+    # claiming -------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        capacity = self.concurrency + self.prefetch
+        failures = 0
+        while not self._stopping:
+            self._changed.clear()
+            room = capacity - len(self._held)
+            if room <= 0 or (self._pending and room < self.prefetch):
+                await self._changed.wait()
+                continue
+            try:
+                deliveries = await self.broker.claim(
+                    self.queues, room, lease=self.lease, max_retries=self.max_retries
+                )
+            except Exception as exc:
+                failures += 1
+                await self._pause_after_error("claim", exc, failures)
+                continue
+            failures = 0
+            self._accept(deliveries)
+            if len(deliveries) < room and not self._stopping:
+                try:
+                    await self._until_stopped(self.broker.wait(self.queues, WAIT_TIMEOUT))
+                except Exception as exc:
+                    failures += 1
+                    await self._pause_after_error("wait", exc, failures)
+
+    async def _until_stopped(self, coro: Any) -> None:
+        """Await `coro`, cancelling it if the consumer starts stopping meanwhile."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, stop):
+                if not pending.done():
+                    pending.cancel()
+            await asyncio.wait([task, stop])
+        if not task.cancelled():
+            task.result()
+
+    async def _pause_after_error(self, what: str, exc: Exception, failures: int) -> None:
+        first, cap = ERROR_BACKOFF
+        delay = retry_delay(failures, first * 2, cap) + first / 2
+        self._logger.warning(
+            "broker %s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, exc, delay
+        )
+        if what in ("claim", "wait"):
+            await self._until_stopped(asyncio.sleep(delay))
+        else:
+            await asyncio.sleep(delay)
+
+    def _accept(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            lease = _Lease(delivery)
+            previous = self._held.get(delivery.id)
+            if previous is not None:  # our own lease lapsed and we were given the job again
+                previous.lost = True
+            self._held[delivery.id] = lease
+            job = delivery.job
+            if self._stopping:
+                self._post(Outcome(delivery, JobState.QUEUED))
+            elif job is None:
+                error = delivery.error or "DecodeError: the stored message cannot be decoded"
+                self._post(Outcome(delivery, JobState.DEAD, Status.BAD_REQUEST, error))
+            elif job.handler not in self.worker._chains:
+                text = f"HandlerNotFound: no handler registered for {job.handler!r}"
+                outcome = outcome_for(
+                    delivery,
+                    Status.NOT_FOUND,
+                    None,
+                    max_retries=self.max_retries,
+                    backoff=self.backoff,
+                )
+                outcome.error = text
+                self._logger.warning("job %s: %s", delivery.id, text)
+                self._post(outcome)
+            else:
+                self._pending.append(lease)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start leased jobs while there are free slots."""
+        worker = self.worker
+        while self._pending and self._running < self.concurrency and not self._stopping:
+            lease = self._pending.popleft()
+            if lease.lost or lease.cancelled:
+                self._drop(lease)
+                continue
+            job = lease.delivery.job
+            assert job is not None
+            chain = worker._chains.get(job.handler)
+            if chain is None:  # cannot happen: handlers are never unregistered
+                self._post(Outcome(lease.delivery, JobState.QUEUED))
+                continue
+            execution = worker._launch(job, chain, attempt=lease.delivery.attempt)
+            lease.execution = execution
+            self._running += 1
+            execution._task.add_done_callback(functools.partial(self._ended, lease))
+
+    def _ended(self, lease: _Lease, _: object = None) -> None:
+        """An execution finished (done callback): decide its outcome."""
+        self._running -= 1
+        execution = lease.execution
+        if execution is None:  # released at stop while it ignored cancellation
+            return
+        if lease.lost:
+            self._logger.warning(
+                "job %s (%s) finished with %s after its lease was lost: result dropped",
+                lease.delivery.id,
+                execution.job.handler,
+                execution.status.name,
+            )
+            self._drop(lease)
+        elif lease.cancelled:
+            self._logger.info("job %s cancelled through the broker", lease.delivery.id)
+            self._drop(lease)
+        else:
+            self._post(
+                outcome_for(
+                    lease.delivery,
+                    execution.status,
+                    execution.error,
+                    max_retries=self.max_retries,
+                    backoff=self.backoff,
+                    stopping=self._stopping,
+                )
+            )
+        self._fill()
+
+    def _drop(self, lease: _Lease) -> None:
+        if self._held.get(lease.delivery.id) is lease:
+            del self._held[lease.delivery.id]
+            self._changed.set()
+
+    # settling -------------------------------------------------------------------
+    def _post(self, outcome: Outcome) -> None:
+        self._outbox.append(outcome)
+        self._outbox_event.set()
+
+    async def _settle_loop(self) -> None:
+        while True:
+            if not self._outbox:
+                if self._closing:
+                    return
+                self._outbox_event.clear()
+                await self._outbox_event.wait()
+                continue
+            if not self._closing and len(self._outbox) < SETTLE_BATCH:
+                await asyncio.sleep(SETTLE_DELAY)
+            batch = self._outbox[:SETTLE_BATCH]
+            del self._outbox[: len(batch)]
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[Outcome]) -> None:
+        held = self._held
+        live: list[Outcome] = []
+        for outcome in batch:
+            lease = held.get(outcome.delivery.id)
+            if lease is None or lease.delivery is not outcome.delivery:
+                continue  # replaced by a newer delivery of the same job
+            if lease.lost:
+                self._logger.warning(
+                    "job %s: outcome %s dropped: its lease was lost",
+                    outcome.delivery.id,
+                    outcome.state.value,
+                )
+                self._drop(lease)
+            elif lease.cancelled:
+                self._drop(lease)
+            else:
+                live.append(outcome)
+        applied = await self._settle_retrying(live) if live else []
+        for outcome, ok in zip(live, applied, strict=True):
+            if not ok:
+                self._logger.warning(
+                    "job %s: outcome %s dropped (its lease was lost or it was cancelled)",
+                    outcome.delivery.id,
+                    outcome.state.value,
+                )
+            lease = held.get(outcome.delivery.id)
+            if lease is not None and lease.delivery is outcome.delivery:
+                self._drop(lease)
+
+    async def _settle_retrying(self, live: list[Outcome]) -> list[bool]:
+        """broker.settle, retried on errors (for at most a lease's time once closing)."""
+        failures = 0
+        deadline: float | None = None
+        while True:
+            try:
+                return await self.broker.settle(live)
+            except Exception as exc:
+                failures += 1
+                if self._closing:
+                    deadline = deadline or time.monotonic() + self.lease
+                    if time.monotonic() > deadline:
+                        self._logger.error(
+                            "could not settle %d jobs at stop (%s: %s); they are delivered "
+                            "again once their leases expire",
+                            len(live),
+                            type(exc).__name__,
+                            exc,
+                        )
+                        return [False] * len(live)
+                await self._pause_after_error("settle", exc, failures)
+
+    # lease renewal --------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), self.renew_every)
+                return
+            except TimeoutError:
+                pass
+            leases = [lease for lease in self._held.values() if not lease.lost]
+            if not leases:
+                continue
+            try:
+                reasons = await self.broker.renew(
+                    [lease.delivery for lease in leases], lease=self.lease
+                )
+            except Exception as exc:
+                self._logger.warning(
+                    "broker renew failed (%s: %s); retrying in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    self.renew_every,
+                )
+                continue
+            for job_id, reason in reasons.items():
+                lease = self._held.get(job_id)
+                if lease is not None:
+                    self._lease_ended(lease, reason)
+
+    def _lease_ended(self, lease: _Lease, reason: str) -> None:
+        execution = lease.execution
+        if reason == "cancelled":
+            lease.cancelled = True
+            if execution is not None and not execution.done():
+                execution.cancel()
+            elif execution is None and lease not in self._pending:
+                self._drop(lease)  # already settled or about to be: settle will say False
+        else:
+            if not lease.lost:
+                self._logger.warning(
+                    "job %s: lease lost (it expired and the job was taken back); "
+                    "this run's result will be dropped",
+                    lease.delivery.id,
+                )
+            lease.lost = True
+            if execution is None and lease not in self._pending:
+                self._drop(lease)
