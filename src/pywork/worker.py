@@ -510,10 +510,10 @@ class Worker:
 
 
 async def _finished(execution: Execution) -> None:
-    """Wait for `execution` without cancelling it if the waiter is cancelled."""
+    """Wait for `execution`: neither cancels it nor passes its cancellation on."""
     task = execution._task
     if not task.done():
-        await asyncio.shield(task)
+        await asyncio.wait((task,))
 
 
 def check_handler_name(name: object) -> None:
