@@ -61,9 +61,9 @@ async def corrupt(broker: Broker, backend: str, job_id: str) -> None:
         with sqlite3.connect(path) as db:
             db.execute("UPDATE pywork_jobs SET payload = ? WHERE id = ?", (GARBAGE, job_id))
         db.close()
-    elif backend == "redis":
-        client = broker._redis  # type: ignore[attr-defined]
-        await client.hset(broker._key("job", job_id), "payload", GARBAGE)  # type: ignore[attr-defined]
+    elif backend == "redis":  # a hash per job: {prefix}:job:<id>
+        key = f"{broker._p}job:{job_id}"  # type: ignore[attr-defined]
+        await broker._client.hset(key, "payload", GARBAGE)  # type: ignore[attr-defined]
     elif backend == "postgres":
         async with broker._pool.acquire() as conn:  # type: ignore[attr-defined]
             await conn.execute(
