@@ -1,0 +1,971 @@
+"""The Redis broker: sorted sets per queue and state, one Lua script per operation.
+
+Every operation that changes a job (enqueue, claim, renew, settle, cancel, retry) is one
+Lua script, so it is atomic and costs one round trip however many jobs it handles.
+The storage layout and the reasons for it are in ``docs/brokers-redis.md``; in short,
+with ``P = "{prefix}:"`` (the braces are a Cluster hash tag: every key is in one slot)::
+
+    P job:<id>          hash: payload, state, queue, handler, key, mr, attempts, lease,
+                        status, error, enq, start, fin, run, seq (times in epoch ms)
+    P ready:<q>         zset id -> enqueue sequence (claim order: oldest first)
+    P scheduled:<q>     zset id -> run_at (ms)          P failed:<q>  id -> retry at (ms)
+    P running:<q>       zset id -> lease deadline (ms)  P dead:<q>    id -> died at (ms)
+    P succeeded:<q>     zset id -> finished at (ms)     P cancelled:<q>  (same)
+    P queues            set of queue names               P keys  hash unique key -> id
+    P seq               enqueue sequence counter         P wake  pub/sub channel (queue names)
+
+Times come from the Redis server clock (``TIME``), so consumers on machines with skewed
+clocks agree on lease deadlines; only an absolute ``at=`` comes from the producer's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pywork._durations import duration, optional_duration, positive_int
+from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.encoding import DecodeError, decode_job, encode_job
+from pywork.job import Job
+from pywork.status import Status
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("pywork.brokers.redis")
+
+_CHECK_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.QUEUED})
+_STATE_ARG = {
+    JobState.SUCCEEDED: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.DEAD: "dead",
+    JobState.QUEUED: "queued",
+}
+_REASONS = {b"cancelled": "cancelled", b"lost": "lost"}
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+# --------------------------------------------------------------------------------------
+# Lua. Every script gets KEYS[1] = "<P>seq" (routes the call to the prefix's slot),
+# ARGV[1] = P and ARGV[2] = the retention in ms; its own arguments start at ARGV[3].
+# --------------------------------------------------------------------------------------
+_PRELUDE = """
+local P = ARGV[1]
+local RET = tonumber(ARGV[2])
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+local LIVE = {queued = true, scheduled = true, running = true, failed = true}
+
+local function jkey(id) return P .. 'job:' .. id end
+
+local function wake(queue) redis.call('PUBLISH', P .. 'wake', queue) end
+
+-- sorted-set writes batched per key, sent by flush() in chunks (one call per key and chunk
+-- instead of one per job)
+local pending, pending_order = {}, {}
+local function later(op, key, score, id)
+  local name = op .. ' ' .. key
+  local batch = pending[name]
+  if not batch then
+    batch = {op = op, key = key, n = 0}
+    pending[name] = batch
+    pending_order[#pending_order + 1] = name
+  end
+  if op == 'ZADD' then
+    batch[batch.n + 1] = score
+    batch.n = batch.n + 1
+  end
+  batch[batch.n + 1] = id
+  batch.n = batch.n + 1
+end
+local function flush()
+  for _, name in ipairs(pending_order) do
+    local batch = pending[name]
+    local step = batch.op == 'ZADD' and 1000 or 500
+    for i = 1, batch.n, step do
+      redis.call(batch.op, batch.key, unpack(batch, i, math.min(i + step - 1, batch.n)))
+    end
+  end
+  pending, pending_order = {}, {}
+end
+
+-- put a job in its queue's ready set, waking waiting consumers when the set was empty
+local woken = {}
+local function make_ready(id, queue, seq)
+  local rk = P .. 'ready:' .. queue
+  if not woken[queue] then
+    woken[queue] = true
+    if redis.call('ZCARD', rk) == 0 then wake(queue) end
+  end
+  later('ZADD', rk, seq, id)
+end
+
+-- add to a time-ordered set, waking waiting consumers when it becomes the earliest
+local function add_timed(zk, queue, at, id)
+  local first = redis.call('ZRANGE', zk, 0, 0, 'WITHSCORES')
+  if first[2] == nil or tonumber(first[2]) > at then wake(queue) end
+  redis.call('ZADD', zk, at, id)
+end
+
+local function next_seq(n) return redis.call('INCRBY', P .. 'seq', n) - n end
+
+local function drop_key(key, id)
+  if key and key ~= '' and redis.call('HGET', P .. 'keys', key) == id then
+    redis.call('HDEL', P .. 'keys', key)
+  end
+end
+
+-- succeeded / dead / cancelled. `f` = HMGET key, error, run. A record kept for retention
+-- is scored so that it lives until max(finish + retention, keep_until): a running job
+-- cancelled must outlive its lease, so that its consumer's next renew reads "cancelled".
+local function finish(jk, id, queue, state, status, err, keep_until, f)
+  drop_key(f[1], id)
+  if state ~= 'dead' and RET <= 0 and keep_until <= NOW then
+    redis.call('DEL', jk)
+    return
+  end
+  local fields = {'HSET', jk, 'state', state, 'fin', NOW}
+  if status ~= '' then fields[#fields + 1] = 'status'; fields[#fields + 1] = status end
+  if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+  redis.call(unpack(fields))
+  if err == '' and f[2] then redis.call('HDEL', jk, 'error') end
+  if f[3] then redis.call('HDEL', jk, 'run') end
+  if state == 'dead' then
+    later('ZADD', P .. 'dead:' .. queue, NOW, id)
+  else
+    later('ZADD', P .. state .. ':' .. queue, math.max(NOW, keep_until - RET), id)
+  end
+end
+
+-- due scheduled and failed jobs -> ready, in due order
+local function promote(queue)
+  for _, kind in ipairs({'scheduled', 'failed'}) do
+    local zk = P .. kind .. ':' .. queue
+    local ids = redis.call('ZRANGE', zk, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, 500)
+    if #ids > 0 then
+      redis.call('ZREM', zk, unpack(ids))
+      local seq = next_seq(#ids)
+      for i, id in ipairs(ids) do
+        local jk = jkey(id)
+        redis.call('HSET', jk, 'state', 'queued', 'seq', seq + i)
+        redis.call('HDEL', jk, 'run')
+        make_ready(id, queue, seq + i)
+      end
+    end
+  end
+end
+
+-- jobs whose lease expired -> queued again (attempt already counted), or dead
+local function reclaim(queue, default_mr)
+  local rk = P .. 'running:' .. queue
+  local ids = redis.call('ZRANGE', rk, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, 500)
+  if #ids == 0 then return end
+  redis.call('ZREM', rk, unpack(ids))
+  for _, id in ipairs(ids) do
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'state', 'attempts', 'mr', 'seq', 'key', 'error', 'run')
+    if f[1] == 'running' then
+      local attempts = tonumber(f[2]) or 0
+      local mr = tonumber(f[3]) or default_mr
+      if attempts > mr then
+        finish(jk, id, queue, 'dead', '408',
+          'JobTimeout: lease expired on attempt ' .. attempts ..
+          ' (its consumer died or stopped renewing it)', 0, {f[5], f[6], f[7]})
+      else
+        redis.call('HSET', jk, 'state', 'queued')
+        make_ready(id, queue, tonumber(f[4]) or next_seq(1) + 1)
+      end
+    end
+  end
+end
+
+-- lazily delete succeeded / cancelled records past retention, at most every 2 s
+local function cleanup()
+  if not redis.call('SET', P .. 'cleanup', '1', 'PX', 2000, 'NX') then return end
+  for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+    for _, kind in ipairs({'succeeded', 'cancelled'}) do
+      local zk = P .. kind .. ':' .. queue
+      local ids = redis.call('ZRANGE', zk, '-inf', '(' .. (NOW - RET), 'BYSCORE', 'LIMIT', 0, 1000)
+      if #ids > 0 then
+        redis.call('ZREM', zk, unpack(ids))
+        for _, id in ipairs(ids) do redis.call('DEL', jkey(id)) end
+      end
+    end
+  end
+end
+"""
+
+# ARGV[3] = JSON [[id, queue, payload, handler, key, mr, when], ...]
+# (when: "" = now, "d<ms>" = after a delay, "a<epoch ms>" = at). Returns the ids as JSON.
+_ENQUEUE = """
+local jobs = cjson.decode(ARGV[3])
+local out = {}
+local seq = next_seq(#jobs)
+local known = {}
+for i, job in ipairs(jobs) do
+  local id, queue, payload, handler, key, mr, when = unpack(job)
+  local jk = jkey(id)
+  local existing = nil
+  if redis.call('EXISTS', jk) == 1 then
+    existing = id
+  elseif key ~= '' then
+    local other = redis.call('HGET', P .. 'keys', key)
+    if other then
+      local state = redis.call('HGET', jkey(other), 'state')
+      if state and LIVE[state] then existing = other end
+    end
+  end
+  if existing then
+    out[i] = existing
+  else
+    out[i] = id
+    local run_at = NOW
+    local kind = string.sub(when, 1, 1)
+    if kind == 'd' then run_at = NOW + tonumber(string.sub(when, 2))
+    elseif kind == 'a' then run_at = tonumber(string.sub(when, 2)) end
+    if not known[queue] then
+      known[queue] = true
+      redis.call('SADD', P .. 'queues', queue)
+    end
+    local fields = {'HSET', jk, 'payload', payload, 'queue', queue, 'handler', handler,
+      'attempts', 0, 'lease', 0, 'enq', NOW, 'seq', seq + i}
+    if key ~= '' then
+      fields[#fields + 1] = 'key'; fields[#fields + 1] = key
+      redis.call('HSET', P .. 'keys', key, id)
+    end
+    if mr ~= '' then fields[#fields + 1] = 'mr'; fields[#fields + 1] = mr end
+    if run_at > NOW then
+      fields[#fields + 1] = 'state'; fields[#fields + 1] = 'scheduled'
+      fields[#fields + 1] = 'run'; fields[#fields + 1] = run_at
+      redis.call(unpack(fields))
+      add_timed(P .. 'scheduled:' .. queue, queue, run_at, id)
+    else
+      fields[#fields + 1] = 'state'; fields[#fields + 1] = 'queued'
+      redis.call(unpack(fields))
+      make_ready(id, queue, seq + i)
+    end
+  end
+end
+flush()
+return cjson.encode(out)
+"""
+
+# ARGV[3] = limit, ARGV[4] = lease ms, ARGV[5] = default max_retries, ARGV[6] = nq, queues.
+# Returns one string: per claimed job "<len(id)>:<id><token>:<attempts>:<len(payload)>:<payload>"
+# (one bulk reply parses much faster than an array of 4 * limit elements).
+_CLAIM = """
+local limit, lease, default_mr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local nq = tonumber(ARGV[6])
+local queues = {}
+for i = 1, nq do queues[i] = ARGV[6 + i] end
+cleanup()
+for _, queue in ipairs(queues) do
+  reclaim(queue, default_mr)
+  promote(queue)
+end
+flush()
+local picked = {}
+if nq == 1 then
+  local r = redis.call('ZPOPMIN', P .. 'ready:' .. queues[1], limit)
+  for i = 1, #r, 2 do picked[#picked + 1] = {r[i], queues[1]} end
+else
+  local candidates = {}
+  for _, queue in ipairs(queues) do
+    local r = redis.call('ZRANGE', P .. 'ready:' .. queue, 0, limit - 1, 'WITHSCORES')
+    for i = 1, #r, 2 do candidates[#candidates + 1] = {tonumber(r[i + 1]), r[i], queue} end
+  end
+  table.sort(candidates, function(a, b) return a[1] < b[1] end)
+  for i = 1, math.min(limit, #candidates) do
+    local c = candidates[i]
+    later('ZREM', P .. 'ready:' .. c[3], nil, c[2])
+    picked[#picked + 1] = {c[2], c[3]}
+  end
+end
+local out = {}
+local deadline = NOW + lease
+local n = 0
+for _, p in ipairs(picked) do
+  local id, queue = p[1], p[2]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'payload', 'attempts', 'lease')
+  if f[1] == 'queued' then
+    local attempts = (tonumber(f[3]) or 0) + 1
+    local token = (tonumber(f[4]) or 0) + 1
+    redis.call('HSET', jk, 'state', 'running', 'start', NOW, 'attempts', attempts, 'lease', token)
+    later('ZADD', P .. 'running:' .. queue, deadline, id)
+    local payload = f[2] or ''
+    n = n + 1
+    out[n] = #id .. ':' .. id .. token .. ':' .. attempts .. ':' .. #payload .. ':' .. payload
+  end
+end
+flush()
+return table.concat(out)
+"""
+
+# ARGV[3] = nq, queues. Returns ms until work may be ready (0 = now), or -1 for never.
+_DUE = """
+local nq = tonumber(ARGV[3])
+local best = -1
+for i = 1, nq do
+  local queue = ARGV[3 + i]
+  if redis.call('ZCARD', P .. 'ready:' .. queue) > 0 then return 0 end
+  for _, kind in ipairs({'scheduled', 'failed', 'running'}) do
+    local first = redis.call('ZRANGE', P .. kind .. ':' .. queue, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local d = tonumber(first[2]) - NOW
+      if d <= 0 then return 0 end
+      if best < 0 or d < best then best = d end
+    end
+  end
+end
+return best
+"""
+
+# ARGV[3] = lease ms, ARGV[4] = JSON [[id, token], ...]. Returns id, reason pairs for
+# the leases not held.
+_RENEW = """
+local deadline = NOW + tonumber(ARGV[3])
+local out = {}
+for _, lease in ipairs(cjson.decode(ARGV[4])) do
+  local id, token = lease[1], lease[2]
+  local f = redis.call('HMGET', jkey(id), 'state', 'lease', 'queue')
+  if f[2] == token and f[1] == 'running' then
+    later('ZADD', P .. 'running:' .. f[3], deadline, id)
+  else
+    out[#out + 1] = id
+    if f[2] == token and f[1] == 'cancelled' then
+      out[#out + 1] = 'cancelled'
+    else
+      out[#out + 1] = 'lost'
+    end
+  end
+end
+flush()
+return out
+"""
+
+# ARGV[3] = JSON [[id, token, state, status, error, retry_in ms], ...].
+# Returns a string of "1" (applied) or "0", one per outcome.
+_SETTLE = """
+local out = {}
+for _, o in ipairs(cjson.decode(ARGV[3])) do
+  local id, token, state, status, err, retry = unpack(o)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
+  if f[1] ~= 'running' or f[2] ~= token then
+    out[#out + 1] = '0'
+  else
+    local queue = f[3]
+    later('ZREM', P .. 'running:' .. queue, nil, id)
+    if state == 'failed' then
+      local at = NOW + tonumber(retry)
+      local fields = {'HSET', jk, 'state', 'failed', 'run', at}
+      if status ~= '' then fields[#fields + 1] = 'status'; fields[#fields + 1] = status end
+      if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+      redis.call(unpack(fields))
+      if err == '' and f[7] then redis.call('HDEL', jk, 'error') end
+      add_timed(P .. 'failed:' .. queue, queue, at, id)
+    elseif state == 'queued' then
+      redis.call('HSET', jk, 'state', 'queued', 'attempts', math.max(0, (tonumber(f[4]) or 1) - 1))
+      make_ready(id, queue, tonumber(f[5]) or next_seq(1) + 1)
+    else
+      finish(jk, id, queue, state, status, err, 0, {f[6], f[7], false})
+    end
+    out[#out + 1] = '1'
+  end
+end
+flush()
+return table.concat(out)
+"""
+
+# ARGV[3] = id. Returns 1 if this call cancelled the job.
+_CANCEL = """
+local id = ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'key', 'error', 'run')
+local state, queue = f[1], f[2]
+if not state or not LIVE[state] then return 0 end
+local keep_until = 0
+if state == 'queued' then
+  redis.call('ZREM', P .. 'ready:' .. queue, id)
+elseif state == 'running' then
+  local rk = P .. 'running:' .. queue
+  keep_until = tonumber(redis.call('ZSCORE', rk, id)) or 0
+  redis.call('ZREM', rk, id)
+else
+  redis.call('ZREM', P .. state .. ':' .. queue, id)
+end
+finish(jk, id, queue, 'cancelled', '499', '', keep_until, {f[3], f[4], f[5]})
+flush()
+return 1
+"""
+
+# ARGV[3] = id. Returns {now, fields...} (fields empty when unknown).
+_GET = """
+return {NOW, redis.call('HGETALL', jkey(ARGV[3]))}
+"""
+
+# Returns {queue, queued, scheduled, running, failed, succeeded, dead, cancelled, ...}.
+# Due scheduled / failed jobs count as queued: they are ready, and the next claim takes them.
+_STATS = """
+local out = {}
+local kept = '(' .. (NOW - RET)
+for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  local function z(kind) return P .. kind .. ':' .. queue end
+  local due_s = redis.call('ZCOUNT', z('scheduled'), '-inf', NOW)
+  local due_f = redis.call('ZCOUNT', z('failed'), '-inf', NOW)
+  out[#out + 1] = queue
+  out[#out + 1] = redis.call('ZCARD', z('ready')) + due_s + due_f
+  out[#out + 1] = redis.call('ZCARD', z('scheduled')) - due_s
+  out[#out + 1] = redis.call('ZCARD', z('running'))
+  out[#out + 1] = redis.call('ZCARD', z('failed')) - due_f
+  out[#out + 1] = redis.call('ZCOUNT', z('succeeded'), kept, '+inf')
+  out[#out + 1] = redis.call('ZCARD', z('dead'))
+  out[#out + 1] = redis.call('ZCOUNT', z('cancelled'), kept, '+inf')
+end
+return out
+"""
+
+# ARGV[3] = limit, ARGV[4..] = queues (none: all). Returns {now, {id, fields...}, ...}.
+_DEAD_LETTERS = """
+local limit = tonumber(ARGV[3])
+local queues = {}
+for i = 4, #ARGV do queues[#queues + 1] = ARGV[i] end
+if #queues == 0 then queues = redis.call('SMEMBERS', P .. 'queues') end
+local candidates = {}
+for _, queue in ipairs(queues) do
+  local r = redis.call('ZRANGE', P .. 'dead:' .. queue, 0, limit - 1, 'WITHSCORES')
+  for i = 1, #r, 2 do candidates[#candidates + 1] = {tonumber(r[i + 1]), r[i]} end
+end
+table.sort(candidates, function(a, b)
+  if a[1] == b[1] then return a[2] < b[2] end
+  return a[1] < b[1]
+end)
+local out = {NOW}
+for i = 1, math.min(limit, #candidates) do
+  local id = candidates[i][2]
+  out[#out + 1] = {id, redis.call('HGETALL', jkey(id))}
+end
+return out
+"""
+
+# ARGV[3] = id. Returns 1 if the job was dead and is queued again.
+_RETRY_DEAD = """
+local id = ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'state', 'queue', 'key')
+if f[1] ~= 'dead' then return 0 end
+local queue, key = f[2], f[3]
+redis.call('ZREM', P .. 'dead:' .. queue, id)
+redis.call('HDEL', jk, 'status', 'error', 'start', 'fin', 'run')
+local seq = next_seq(1) + 1
+redis.call('HSET', jk, 'state', 'queued', 'attempts', 0, 'seq', seq)
+if key and key ~= '' then
+  local other = redis.call('HGET', P .. 'keys', key)
+  local state = other and redis.call('HGET', jkey(other), 'state')
+  if not (state and LIVE[state]) then redis.call('HSET', P .. 'keys', key, id) end
+end
+make_ready(id, queue, seq)
+flush()
+return 1
+"""
+
+# ARGV[3..] = queues (none: all). Returns how many dead jobs were deleted.
+_PURGE_DEAD = """
+local queues = {}
+for i = 3, #ARGV do queues[#queues + 1] = ARGV[i] end
+if #queues == 0 then queues = redis.call('SMEMBERS', P .. 'queues') end
+local n = 0
+for _, queue in ipairs(queues) do
+  local zk = P .. 'dead:' .. queue
+  for _, id in ipairs(redis.call('ZRANGE', zk, 0, -1)) do
+    redis.call('DEL', jkey(id))
+    n = n + 1
+  end
+  redis.call('DEL', zk)
+end
+return n
+"""
+
+
+def _ms(seconds: float) -> int:
+    return math.ceil(seconds * 1000.0)
+
+
+def _time(fields: dict[bytes, bytes], name: bytes) -> datetime | None:
+    value = fields.get(name)
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000.0, tz=UTC)
+
+
+def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    value = fields.get(name)
+    return value.decode() if value else None
+
+
+def _record(job_id: str, flat: Sequence[bytes], now_ms: int) -> JobRecord | None:
+    if not flat:
+        return None
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    state = JobState(fields[b"state"].decode())
+    run_at = _time(fields, b"run")
+    if state in (JobState.SCHEDULED, JobState.FAILED) and int(fields.get(b"run") or 0) <= now_ms:
+        state = JobState.QUEUED  # due: the next claim takes it
+    args: dict[str, Any] = {}
+    with contextlib.suppress(msgspec.DecodeError, TypeError):
+        decoded = _decoder.decode(fields.get(b"payload", b""))
+        if isinstance(decoded, dict) and isinstance(decoded.get("args"), dict):
+            args = decoded["args"]
+    status = fields.get(b"status")
+    enqueued = _time(fields, b"enq")
+    return JobRecord(
+        id=job_id,
+        handler=(_text(fields, b"handler") or ""),
+        queue=(_text(fields, b"queue") or ""),
+        args=args,
+        state=state,
+        status=Status(int(status)) if status else None,
+        attempts=int(fields.get(b"attempts") or 0),
+        error=_text(fields, b"error"),
+        enqueued_at=enqueued or datetime.fromtimestamp(now_ms / 1000.0, tz=UTC),
+        started_at=_time(fields, b"start"),
+        finished_at=_time(fields, b"fin"),
+        key=_text(fields, b"key"),
+        run_at=run_at if state in (JobState.SCHEDULED, JobState.FAILED) else None,
+    )
+
+
+def _parse_claimed(data: bytes) -> list[Delivery]:
+    """Split the claim script's reply (see _CLAIM) into Deliveries."""
+    deliveries = []
+    pos, end = 0, len(data)
+    while pos < end:
+        colon = data.index(b":", pos)
+        start = colon + 1
+        pos = start + int(data[pos:colon])
+        job_id = data[start:pos].decode()
+        colon = data.index(b":", pos)
+        token = data[pos:colon].decode()
+        pos = colon + 1
+        colon = data.index(b":", pos)
+        attempt = int(data[pos:colon])
+        pos = colon + 1
+        colon = data.index(b":", pos)
+        start = colon + 1
+        pos = start + int(data[pos:colon])
+        try:
+            job = decode_job(data[start:pos])
+        except DecodeError as exc:
+            deliveries.append(Delivery(job_id, token, attempt, None, str(exc)))
+            continue
+        deliveries.append(Delivery(job_id, token, attempt, job))
+    return deliveries
+
+
+def _inject_trace(job: Job) -> None:
+    try:
+        from pywork.tracing import inject  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    inject(job)
+
+
+def _check_queues(queues: Sequence[str]) -> list[str]:
+    if isinstance(queues, str) or not isinstance(queues, Sequence):
+        raise TypeError(f"queues must be a sequence of queue names, got {queues!r}")
+    names = list(dict.fromkeys(queues))
+    if not names or not all(isinstance(q, str) and q for q in names):
+        raise ValueError(f"queues must be one or more non-empty str names, got {queues!r}")
+    return names
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """Return (url for redis-py, prefix), taking ``?prefix=`` out of the query."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "pywork"
+    rest = []
+    for name, value in query:
+        if name == "prefix":
+            prefix = value
+        else:
+            rest.append((name, value))
+    if not prefix or any(c in prefix for c in "{}"):
+        raise ValueError(
+            f"the redis url's prefix must be a non-empty name without braces, got {prefix!r}"
+        )
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+class _Waker:
+    """One pub/sub subscription per broker: sets `event` when work arrives in a queue of
+    interest. Resubscribes by itself after a disconnect (and then sets `event`, since
+    notifications may have been missed meanwhile)."""
+
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.event = asyncio.Event()
+        self.queues: set[bytes] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, queues: Sequence[str]) -> None:
+        """Be subscribed (confirmed by the server) before a claim or wait on `queues`."""
+        self.queues.update(q.encode() for q in queues)
+        if self._task is not None:
+            return
+        async with self._lock:
+            if self._task is None:
+                pubsub = await self._subscribe()  # the first time, errors reach the caller
+                self._task = asyncio.create_task(self._run(pubsub), name="pywork-redis-wake")
+
+    async def _subscribe(self) -> Any:
+        pubsub: Any = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            async with asyncio.timeout(10.0):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        return pubsub
+        except BaseException:
+            await pubsub.aclose()
+            raise
+
+    async def _run(self, pubsub: Any) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = await self._subscribe()
+                    self.event.set()  # we may have missed notifications: look again
+                backoff = 0.05
+                async for message in pubsub.listen():
+                    if message["type"] == "message" and message["data"] in self.queues:
+                        self.event.set()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.debug("redis wake-up subscription lost (%s); resubscribing", exc)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class RedisBroker:
+    """A durable broker on Redis >= 7 (redis-py's asyncio client).
+
+    Use :func:`pywork.connect` with ``redis://host:port/db`` (``rediss://`` for TLS); the
+    optional ``?prefix=NAME`` query parameter namespaces the keys (default ``pywork``);
+    other query parameters go to redis-py (e.g. ``socket_timeout``).
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (bytes responses, i.e. ``decode_responses=False``).
+        prefix: the key namespace; keys are ``{prefix}:...`` (a Cluster hash tag).
+        retention: seconds the records of succeeded and cancelled jobs are kept.
+        url: the URL shown in logs (defaults to a description of the client).
+        owns_client: close `client` in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "pywork",
+        retention: float = 3600.0,
+        url: str | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if not isinstance(client, aioredis.Redis):
+            raise TypeError(f"client must be a redis.asyncio.Redis, got {client!r}")
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{}"):
+            raise ValueError(f"prefix must be a non-empty str without braces, got {prefix!r}")
+        self.retention = duration(retention, "retention")
+        self.url = url or f"redis://(client {client!r})?prefix={prefix}"
+        self.prefix = prefix
+        self._client = client
+        self._owns_client = owns_client
+        self._p = f"{{{prefix}}}:"
+        self._keys = [f"{self._p}seq"]
+        self._retention_ms = _ms(self.retention)
+        self._waker = _Waker(client, f"{self._p}wake")
+        self._closed = False
+        register = client.register_script
+        self._enqueue = register(_PRELUDE + _ENQUEUE)
+        self._claim = register(_PRELUDE + _CLAIM)
+        self._due = register(_PRELUDE + _DUE)
+        self._renew = register(_PRELUDE + _RENEW)
+        self._settle = register(_PRELUDE + _SETTLE)
+        self._cancel = register(_PRELUDE + _CANCEL)
+        self._get = register(_PRELUDE + _GET)
+        self._stats = register(_PRELUDE + _STATS)
+        self._dead_letters = register(_PRELUDE + _DEAD_LETTERS)
+        self._retry_dead = register(_PRELUDE + _RETRY_DEAD)
+        self._purge_dead = register(_PRELUDE + _PURGE_DEAD)
+
+    @classmethod
+    async def from_url(cls, url: str, *, retention: float = 3600.0) -> RedisBroker:
+        """Connect to the Redis server at `url` and check that it answers.
+
+        Args:
+            url: ``redis://[user:password@]host:port/db[?prefix=NAME&...]`` or ``rediss://``.
+            retention: seconds the records of succeeded and cancelled jobs are kept.
+
+        Raises:
+            ValueError: the url or retention is invalid.
+            redis.exceptions.ConnectionError: the server cannot be reached.
+        """
+        if not isinstance(url, str) or not url.lower().startswith(("redis://", "rediss://")):
+            raise ValueError(f"a redis broker url starts with redis:// or rediss://, got {url!r}")
+        retention = duration(retention, "retention")
+        driver_url, prefix = _split_url(url)
+        # No command retries: a script whose reply was lost may have run, and running
+        # claim or settle twice is not harmless. Connections the server closed (a restart)
+        # are replaced when taken from the pool; other errors reach the caller, and the
+        # consumer retries with backoff.
+        client = aioredis.Redis.from_url(
+            driver_url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=5.0,
+            socket_keepalive=True,
+            decode_responses=False,
+        )
+        try:
+            await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, prefix=prefix, retention=retention, url=url, owns_client=True)
+
+    def __repr__(self) -> str:
+        from pywork.brokers import mask_url
+
+        return f"<RedisBroker {mask_url(self.url)}>"
+
+    async def _run(self, script: Any, args: list[Any]) -> Any:
+        if self._closed:
+            raise RuntimeError("this RedisBroker is closed")
+        return await script(keys=self._keys, args=[self._p, self._retention_ms, *args])
+
+    # producer side ------------------------------------------------------------------
+    def _job_args(self, job: Job, at: datetime | None, delay: float | None) -> list[str]:
+        if not isinstance(job, Job):
+            raise TypeError(f"enqueue takes a pywork.Job, got {job!r}")
+        _inject_trace(job)
+        payload = encode_job(job).decode()
+        if delay is not None:
+            when = f"d{_ms(delay)}"
+        elif at is not None:
+            when = f"a{math.floor(at.timestamp() * 1000.0)}"  # naive = local time
+        else:
+            when = ""
+        mr = "" if job.max_retries is None else str(job.max_retries)
+        return [job.id, job.queue, payload, job.handler, job.key or "", mr, when]
+
+    async def enqueue(
+        self, job: Job, *, at: datetime | None = None, delay: float | None = None
+    ) -> str:
+        """Store `job` and return its id, or the id of the live job holding its key.
+
+        Also returns at once, storing nothing, when a job with the same id is already
+        stored. Durable once it returns as far as the server's ``appendfsync`` allows.
+
+        Args:
+            job: the job.
+            at: when it becomes ready (naive = local time; a past time = now).
+            delay: seconds (or a timedelta) until it becomes ready; exclusive with `at`.
+
+        Raises:
+            TypeError: `job` is not a Job, `at` not a datetime or `delay` not a duration.
+            ValueError: both `at` and `delay`, or a negative `delay`.
+            SerializationError: the args or headers are not plain JSON (nothing is stored).
+        """
+        if at is not None and delay is not None:
+            raise ValueError("pass either at= or delay=, not both")
+        if at is not None and not isinstance(at, datetime):
+            raise TypeError(f"at must be a datetime or None, got {at!r}")
+        delay = optional_duration(delay, "delay")
+        packed = _encoder.encode([self._job_args(job, at, delay)])
+        ids: list[str] = _decoder.decode(await self._run(self._enqueue, [packed]))
+        return ids[0]
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Store `jobs` atomically in one round trip (every job is encoded first).
+
+        Returns:
+            Per job, its id (or the id of the live job already holding its key).
+
+        Raises:
+            TypeError: `jobs` is not a sequence of Jobs.
+            SerializationError: a job cannot be encoded; nothing is stored.
+        """
+        if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
+            raise TypeError(f"enqueue_many takes a sequence of Jobs, got {jobs!r}")
+        if not jobs:
+            return []
+        packed = _encoder.encode([self._job_args(job, None, None) for job in jobs])
+        ids: list[str] = _decoder.decode(await self._run(self._enqueue, [packed]))
+        return ids
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of `job_id`, or None when unknown (or no longer kept)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
+        now, flat = await self._run(self._get, [job_id])
+        return _record(job_id, flat, int(now))
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued, scheduled, failed or running job; True if this call did it.
+
+        A running job's consumer learns of it at its next renew (reason ``"cancelled"``).
+        """
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
+        return bool(await self._run(self._cancel, [job_id]))
+
+    async def stats(self) -> dict[str, QueueStats]:
+        """Per-queue counts of jobs in each state (due scheduled/failed jobs count as queued)."""
+        flat = await self._run(self._stats, [])
+        out: dict[str, QueueStats] = {}
+        for i in range(0, len(flat), 8):
+            out[flat[i].decode()] = QueueStats(*(int(n) for n in flat[i + 1 : i + 8]))
+        return dict(sorted(out.items()))
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Dead jobs, oldest death first, of `queue` (None: every queue)."""
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"queue must be None or a non-empty str, got {queue!r}")
+        limit = positive_int(limit, "limit")
+        result = await self._run(self._dead_letters, [limit, *([queue] if queue else [])])
+        now = int(result[0])
+        records = [_record(item[0].decode(), item[1], now) for item in result[1:]]
+        return [record for record in records if record is not None]
+
+    async def retry_dead(self, job_id: str) -> bool:
+        """Queue a dead job again with attempts reset to 0; True if it was dead."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
+        return bool(await self._run(self._retry_dead, [job_id]))
+
+    async def purge_dead(self, queue: str | None = None) -> int:
+        """Delete the dead jobs of `queue` (None: every queue); return how many."""
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"queue must be None or a non-empty str, got {queue!r}")
+        return int(await self._run(self._purge_dead, [queue] if queue else []))
+
+    async def close(self) -> None:
+        """Stop the wake-up subscription and close the connections (if owned). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._waker.close()
+        if self._owns_client:
+            await self._client.aclose()
+
+    # consumer side ------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, *, lease: float, max_retries: int
+    ) -> list[Delivery]:
+        """Lease up to `limit` ready jobs of `queues`, oldest first (see the Protocol)."""
+        names = _check_queues(queues)
+        limit = positive_int(limit, "limit", minimum=0)
+        lease = duration(lease, "lease", allow_zero=False)
+        max_retries = positive_int(max_retries, "max_retries", minimum=0)
+        if self._closed:
+            raise RuntimeError("this RedisBroker is closed")
+        await self._waker.ensure(names)
+        if limit == 0:
+            return []
+        data: bytes = await self._run(
+            self._claim, [limit, _ms(lease), max_retries, len(names), *names]
+        )
+        return _parse_claimed(data)
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may be ready in `queues`, or after `timeout` seconds.
+
+        Sleeps on a pub/sub notification, bounded by the earliest due time of the
+        queues' scheduled and failed jobs and leases.
+        """
+        names = _check_queues(queues)
+        timeout = duration(timeout, "timeout")
+        if self._closed:
+            raise RuntimeError("this RedisBroker is closed")
+        await self._waker.ensure(names)
+        event = self._waker.event
+        if event.is_set():
+            event.clear()
+            return
+        due = int(await self._run(self._due, [len(names), *names]))
+        if due == 0:
+            return
+        if due > 0:
+            timeout = min(timeout, due / 1000.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            event.clear()
+
+    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
+        """Extend the leases still held; return ``{id: "cancelled" | "lost"}`` for the others."""
+        lease = duration(lease, "lease", allow_zero=False)
+        if not deliveries:
+            return {}
+        packed = _encoder.encode([(delivery.id, delivery.token) for delivery in deliveries])
+        flat = await self._run(self._renew, [_ms(lease), packed])
+        return {flat[i].decode(): _REASONS[flat[i + 1]] for i in range(0, len(flat), 2)}
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes in one round trip, each fenced by its lease token.
+
+        Returns:
+            Per outcome, whether it was applied (False: lease lost or job cancelled).
+
+        Raises:
+            ValueError: an outcome's state is not succeeded, failed, dead or queued.
+        """
+        if not outcomes:
+            return []
+        rows: list[tuple[str, str, str, str, str, int]] = []
+        for outcome in outcomes:
+            if outcome.state not in _CHECK_STATES:
+                raise ValueError(
+                    f"an outcome's state must be succeeded, failed, dead or queued, "
+                    f"got {outcome.state!r}"
+                )
+            retry_in = optional_duration(outcome.retry_in, "retry_in") or 0.0
+            rows.append(
+                (
+                    outcome.delivery.id,
+                    outcome.delivery.token,
+                    _STATE_ARG[outcome.state],
+                    "" if outcome.status is None else str(int(outcome.status)),
+                    outcome.error or "",
+                    _ms(retry_in),
+                )
+            )
+        applied: bytes = await self._run(self._settle, [_encoder.encode(rows)])
+        return [flag == 49 for flag in applied]  # b"1"
