@@ -372,3 +372,42 @@ async def test_1000_concurrent_executions_never_lose_duplicate_or_mix_records(sy
 def test_invalid_arguments_are_rejected(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         with_aggregate_logger(**kwargs)
+
+
+def test_the_aggregate_logger_has_every_attribute_of_a_logger() -> None:
+    # it sets Logger's attributes itself (hot path): a new Python must not add one unseen
+    fresh = AggregateLogger("x", logging.INFO, "id", "h")
+    assert set(vars(logging.Logger("x"))) <= set(vars(fresh))
+    assert fresh.getEffectiveLevel() == logging.INFO
+    assert fresh.isEnabledFor(logging.INFO) and not fresh.isEnabledFor(logging.DEBUG)
+
+
+def test_every_logging_method_is_buffered() -> None:
+    logger = AggregateLogger("x", logging.DEBUG, "id", "h")
+    logger.debug("d")
+    logger.info("i %s", "x")
+    logger.warning("w")
+    logger.error("e")
+    logger.critical("c")
+    logger.log(15, "custom %d", 15)
+    try:
+        raise ValueError("v")
+    except ValueError:
+        logger.exception("x")
+    logger.handle(logging.LogRecord("other", logging.INFO, __file__, 1, "r %s", ("y",), None))
+    logging.LoggerAdapter(logger, {"k": 1}).info("through an adapter")
+    entries = logger._close()
+    assert [(level, message) for level, message, _, _ in entries] == [
+        (logging.DEBUG, "d"),
+        (logging.INFO, "i x"),
+        (logging.WARNING, "w"),
+        (logging.ERROR, "e"),
+        (logging.CRITICAL, "c"),
+        (15, "custom 15"),
+        (logging.ERROR, "x"),
+        (logging.INFO, "r y"),
+        (logging.INFO, "through an adapter"),
+    ]
+    assert entries[6][3] is not None and entries[6][3][0] is ValueError
+    with pytest.raises(TypeError, match="level"):
+        logger.log("INFO", "not a level")  # type: ignore[arg-type]

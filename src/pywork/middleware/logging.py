@@ -44,6 +44,7 @@ _ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | 
 # level, message, unix time, exception info
 _Entry: TypeAlias = tuple[int, str, float, _ExcInfo | None]
 
+_now = time.time
 _SUCCESS = Status.SUCCESS
 _NO_RESPONSE = Status.NO_RESPONSE
 _stream_lock = threading.Lock()  # one line per write, whichever adapter or thread writes
@@ -60,7 +61,17 @@ class AggregateLogger(logging.Logger):
     """
 
     def __init__(self, name: str, level: int, job_id: str, handler: str) -> None:
-        super().__init__(name, level)
+        # The attributes logging.Logger.__init__ sets, without its level check (done once
+        # by the factory) and Filterer call: it runs once per execution, on the hot path.
+        # A test compares them with a real Logger's so that a new Python cannot drift.
+        self.name = name
+        self.level = level
+        self.parent = None
+        self.propagate = True
+        self.handlers = []
+        self.disabled = False
+        self.filters = []
+        self._cache: dict[int, bool] = {}
         self.job_id = job_id
         self.handler = handler
         self._entries: list[_Entry] | None = []
@@ -68,6 +79,102 @@ class AggregateLogger(logging.Logger):
     def isEnabledFor(self, level: int) -> bool:
         """True when a record at `level` would be buffered."""
         return level >= self.level and self._entries is not None
+
+    # The level methods buffer directly: the Logger's path (isEnabledFor, _log,
+    # findCaller, LogRecord) would cost several µs per line for nothing kept here.
+    def _add(self, level: int, msg: object, args: tuple[Any, ...], exc_info: Any) -> None:
+        entries = self._entries
+        if entries is None or level < self.level:
+            return
+        message = _format(msg, args) if args else msg if type(msg) is str else str(msg)
+        entries.append((level, message, _now(), _exc_info(exc_info) if exc_info else None))
+
+    def debug(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer a DEBUG entry."""
+        self._add(logging.DEBUG, msg, args, exc_info)
+
+    def info(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer an INFO entry."""
+        self._add(logging.INFO, msg, args, exc_info)
+
+    def warning(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer a WARNING entry."""
+        self._add(logging.WARNING, msg, args, exc_info)
+
+    def error(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer an ERROR entry."""
+        self._add(logging.ERROR, msg, args, exc_info)
+
+    def exception(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = True,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer an ERROR entry with the exception being handled."""
+        self._add(logging.ERROR, msg, args, exc_info)
+
+    def critical(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer a CRITICAL entry."""
+        self._add(logging.CRITICAL, msg, args, exc_info)
+
+    def log(
+        self,
+        level: int,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Buffer an entry at `level`."""
+        if not isinstance(level, int):
+            raise TypeError(f"level must be an integer, got {level!r}")
+        self._add(level, msg, args, exc_info)
 
     def _log(
         self,
@@ -79,10 +186,7 @@ class AggregateLogger(logging.Logger):
         stack_info: bool = False,
         stacklevel: int = 1,
     ) -> None:
-        entries = self._entries
-        if entries is None:
-            return
-        entries.append((level, _format(msg, args), time.time(), _exc_info(exc_info)))
+        self._add(level, msg, args if isinstance(args, tuple) else (args,), exc_info)
 
     def handle(self, record: logging.LogRecord) -> None:
         """Buffer an already-made record (``logger.handle(record)``)."""
@@ -107,13 +211,12 @@ class AggregateLogger(logging.Logger):
         return f"<AggregateLogger job={self.job_id} entries={self.entry_count}>"
 
 
-def _format(msg: object, args: Any) -> str:
-    if not args:
-        return str(msg)
-    if isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-        args = args[0]  # logging's own rule: log("%(a)s", {"a": 1})
+def _format(msg: object, args: tuple[Any, ...]) -> str:
+    values: Any = args
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        values = args[0]  # logging's own rule: log("%(a)s", {"a": 1})
     try:
-        text: str = str(msg) % args
+        text: str = str(msg) % values
         return text
     except (TypeError, ValueError, KeyError):
         return f"{msg} {args!r}"
@@ -220,26 +323,7 @@ def with_aggregate_logger(
             f"output must be None, a logging.Logger or a text stream with write(), got {output!r}"
         )
 
-    if utc:
-
-        def moment(when: float) -> datetime:
-            return datetime.fromtimestamp(when, UTC)
-
-    else:
-
-        def moment(when: float) -> datetime:
-            return datetime.fromtimestamp(when).astimezone()
-
-    if time_format is None:
-
-        def stamp(when: float) -> str:
-            return moment(when).isoformat()
-
-    else:
-        fmt = time_format
-
-        def stamp(when: float) -> str:
-            return moment(when).strftime(fmt)
+    stamp = _iso_stamper(utc) if time_format is None else _strftime_stamper(utc, time_format)
 
     write = _to_logger(output) if isinstance(output, logging.Logger) else _to_stream(output)
 
@@ -319,6 +403,39 @@ def with_aggregate_logger(
         write(logging.ERROR if status.is_error else highest, record, job)
 
     return adapter
+
+
+def _iso_stamper(utc: bool) -> Callable[[float], str]:
+    """ISO 8601 with microseconds, the date part formatted once per second.
+
+    ``datetime.fromtimestamp(t).isoformat()`` costs about 1 µs and a run writes one
+    time per entry plus its start; the cached second makes it a string format.
+    """
+    cached: tuple[int, str, str] = (-1, "", "")
+
+    def stamp(when: float) -> str:
+        nonlocal cached
+        second = int(when)
+        found = cached  # one read: another thread may replace it meanwhile
+        if found[0] != second:
+            moment = (
+                datetime.fromtimestamp(second, UTC)
+                if utc
+                else datetime.fromtimestamp(second).astimezone()
+            )
+            text = moment.isoformat()  # YYYY-MM-DDTHH:MM:SS+HH:MM
+            found = cached = (second, text[:19], text[19:])
+        return f"{found[1]}.{int((when - second) * 1e6):06d}{found[2]}"
+
+    return stamp
+
+
+def _strftime_stamper(utc: bool, fmt: str) -> Callable[[float], str]:
+    def stamp(when: float) -> str:
+        moment = datetime.fromtimestamp(when, UTC) if utc else datetime.fromtimestamp(when)
+        return (moment if utc else moment.astimezone()).strftime(fmt)
+
+    return stamp
 
 
 def _to_logger(output: logging.Logger) -> Callable[[int, dict[str, Any], Job], None]:
