@@ -183,12 +183,15 @@ async def main_async(n: int, repeat: int, profile: bool) -> int:
     """Run every measurement and print the report; return the number of missed targets."""
     rows: list[tuple[str, int, float]] = []
 
-    async def line(name: str, measure: Measure, count: int) -> float:
-        seconds = await best(measure, count, repeat)
+    def show(name: str, count: int, seconds: float) -> None:
         rows.append((name, count, seconds))
         rate = count / seconds
         ratio = rate / (rows[0][1] / rows[0][2])
         print(f"{name:<52} {count:>8,} {rate:>12,.0f}/s {ratio:>7.0%}", flush=True)
+
+    async def line(name: str, measure: Measure, count: int) -> float:
+        seconds = await best(measure, count, repeat)
+        show(name, count, seconds)
         return seconds
 
     print(f"pywork core benchmark: N={n:,}, best of {repeat}, Python {sys.version.split()[0]}")
@@ -200,10 +203,22 @@ async def main_async(n: int, repeat: int, profile: bool) -> int:
         f"({traced_mb * 1024 * 1024 / n:.0f} B each), scheduled at {n / took:,.0f}/s\n"
     )
     print(f"{'':<52} {'jobs':>8} {'rate':>14} {'vs raw':>7}")
-    t_raw = await line("raw asyncio (task per no-op coroutine)", raw_asyncio, n)
-    t0 = await line("perform(wait=False), no adapters", perform_nowait(0), n)
-    await line("perform(wait=False), no adapters, Jobs made before", perform_prebuilt, n)
-    t4 = await line("perform(wait=False), 4 pass-through adapters", perform_nowait(4), n)
+    # The figures the targets compare are measured in interleaved rounds, so that a burst
+    # of load from other processes hits them alike rather than skewing one of them.
+    compared: dict[str, Measure] = {
+        "raw asyncio (task per no-op coroutine)": raw_asyncio,
+        "perform(wait=False), no adapters": perform_nowait(0),
+        "perform(wait=False), no adapters, Jobs made before": perform_prebuilt,
+        "perform(wait=False), 4 pass-through adapters": perform_nowait(4),
+    }
+    fastest = {name: float("inf") for name in compared}
+    for _ in range(repeat):
+        for name, measure in compared.items():
+            gc.collect()
+            fastest[name] = min(fastest[name], await measure(n))
+    for name, seconds in fastest.items():
+        show(name, n, seconds)
+    t_raw, t0, _, t4 = fastest.values()
     await line("perform(wait=True), sequential", perform_wait, n)
     sync_n = max(1, n // 10)
     await line("perform(wait=False), plain (sync) handler", perform_nowait(0, "noop_sync"), sync_n)
@@ -214,7 +229,7 @@ async def main_async(n: int, repeat: int, profile: bool) -> int:
     adapter_us = (t4 - t0) / 4 / n * 1e6
     pending_mb = max(traced_mb, rss_mb) * 100_000 / n
     checks = [
-        (ratio >= TARGET_RATIO, f"no-op perform(wait=False) at {ratio:.0%} of raw asyncio"),
+        (ratio >= TARGET_RATIO, f"no-op perform(wait=False) at {ratio:.1%} of raw asyncio"),
         (adapter_us < TARGET_ADAPTER_US, f"one pass-through adapter costs {adapter_us:.2f} µs"),
         (pending_mb < TARGET_PENDING_MB, f"100k pending perform_in hold {pending_mb:.1f} MB"),
     ]
