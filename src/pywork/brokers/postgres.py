@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -26,6 +27,8 @@ from pywork.job import Job
 from pywork.status import Status
 
 __all__ = ["PostgresBroker"]
+
+T = TypeVar("T")
 
 #: Default schema of the jobs table.
 DEFAULT_SCHEMA = "pywork"
@@ -227,11 +230,11 @@ class _SQL:
                 UPDATE {t} j SET lease_until = now() + $3 * interval '1 second'
                 FROM r
                 WHERE j.id = r.id AND j.token = r.token AND j.state = 'running'
-                RETURNING j.id
+                RETURNING j.id, j.token
             )
             SELECT r.id, j.state, j.token IS NOT DISTINCT FROM r.token AS mine
             FROM r LEFT JOIN {t} j ON j.id = r.id
-            WHERE r.id NOT IN (SELECT id FROM upd)"""
+            WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = r.id AND upd.token = r.token)"""
         self.settle = f"""
             WITH o AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[],
@@ -352,6 +355,7 @@ class PostgresBroker:
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
         self._waiters: set[_Waiter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._last_purge = 0.0
         self._closed = False
 
@@ -376,6 +380,7 @@ class PostgresBroker:
             min_size=1,
             max_size=pool_size,
             server_settings={"application_name": "pywork"},
+            reset=_keep_session,
         )
         broker = cls(url, pool, dsn, schema, retention=seconds)
         try:
@@ -609,6 +614,8 @@ class PostgresBroker:
         self._closed = True
         for waiter in list(self._waiters):
             waiter.wake()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10.0)
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             try:
@@ -682,8 +689,9 @@ class PostgresBroker:
         waiter = _Waiter(frozenset(queue_list))
         self._waiters.add(waiter)
         try:
-            await self._listen()  # before reading the table: no NOTIFY falls in between
-            due: float | None = await self._pool.fetchval(self._sql.next_due, queue_list)
+            # Shielded: cancelling asyncpg while it opens a connection leaks a future, and
+            # a cancelled query costs a cancel request; the task is short and owned.
+            due = await asyncio.shield(self._spawn(self._next_due(queue_list)))
             if due is not None and due <= 0:
                 return
             delay = seconds if due is None else min(seconds, due)
@@ -695,6 +703,23 @@ class PostgresBroker:
                 pass
         finally:
             self._waiters.discard(waiter)
+
+    async def _next_due(self, queues: list[str]) -> float | None:
+        await self._listen()  # before reading the table: no NOTIFY falls in between
+        due: float | None = await self._pool.fetchval(self._sql.next_due, queues)
+        return due
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` in a task this broker owns (awaited by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its awaiter (if still there) got it too
 
     async def _listen(self) -> None:
         """Open the LISTEN connection unless it is open (again after a server restart)."""
@@ -788,6 +813,12 @@ class PostgresBroker:
             result.append(job_id in applied)
             applied.discard(job_id)  # only the first outcome of an id was applied
         return result
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release a pooled connection as is: the broker leaves no session state behind (no
+    LISTEN, session locks, cursors or settings), so asyncpg's default reset query would
+    only add a round trip to every call. An open transaction is still rolled back."""
 
 
 def _queues(queues: Sequence[str]) -> list[str]:

@@ -1,0 +1,436 @@
+"""PostgresBroker specifics, on a real PostgreSQL: storage, concurrency, NOTIFY, restarts.
+
+The behaviour every broker shares is in test_contract.py; these tests cover what only
+the PostgreSQL backend does (its table, its statements, its connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from support import FAST, consuming, record_in
+
+import pywork
+from pywork import Job, JobState, Status, Worker
+from pywork.brokers import Broker, Delivery, Outcome, QueueStats
+from pywork.brokers import postgres as pg
+from pywork.brokers.postgres import PostgresBroker
+from pywork.encoding import encode_job
+from servers import PostgresServer
+
+OpenPg = Callable[..., Awaitable[PostgresBroker]]
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty schema."""
+    return f"{postgres_server.url}?schema=t{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def open_pg(pg_url: str) -> AsyncIterator[OpenPg]:
+    """``await open_pg(url=pg_url, retention=3600.0)``; every broker is closed afterwards."""
+    opened: list[PostgresBroker] = []
+
+    async def open_(url: str | None = None, *, retention: float = 3600.0) -> PostgresBroker:
+        broker = await PostgresBroker.from_url(url or pg_url, retention=retention)
+        opened.append(broker)
+        return broker
+
+    yield open_
+    for broker in reversed(opened):
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(open_pg: OpenPg) -> PostgresBroker:
+    return await open_pg()
+
+
+async def claim_all(
+    broker: PostgresBroker,
+    queues: list[str] | None = None,
+    *,
+    lease: float = 30.0,
+    max_retries: int = 3,
+) -> list[Delivery]:
+    return await broker.claim(queues or ["default"], 1000, lease=lease, max_retries=max_retries)
+
+
+async def claim_after_wait(
+    broker: PostgresBroker, *, lease: float = 30.0, max_retries: int = 3, timeout: float = 10.0
+) -> list[Delivery]:
+    """Sleep in broker.wait() until a claim returns something (a due job, an expired lease)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        claimed = await broker.claim(["default"], 10, lease=lease, max_retries=max_retries)
+        if claimed:
+            return claimed
+        assert time.monotonic() < deadline, "nothing became claimable"
+        await broker.wait(["default"], 5.0)
+
+
+async def sql(broker: PostgresBroker, query: str, *args: object) -> object:
+    async with broker._pool.acquire() as conn:
+        return await conn.fetchval(query.replace("{jobs}", f"{broker._schema}.jobs"), *args)
+
+
+# ---------------------------------------------------------------------------------------
+# connecting
+# ---------------------------------------------------------------------------------------
+async def test_connect_picks_postgres_by_scheme_and_creates_the_schema(pg_url: str) -> None:
+    async with pywork.connect(pg_url, retention=60) as broker:
+        _: Broker = broker
+        assert isinstance(broker, PostgresBroker)
+        assert broker.retention == 60.0 and broker.url == pg_url
+        assert broker.schema == pg_url.rsplit("=", 1)[1]
+        comment = await sql(broker, "SELECT obj_description(to_regclass($1), 'pg_class')",
+                            f"{broker._schema}.jobs")  # fmt: skip
+        assert comment == pg.SCHEMA_VERSION
+    postgres_url = pg_url.replace("postgresql://", "postgres://", 1)
+    async with pywork.connect(postgres_url) as broker:  # the same store, other scheme
+        assert isinstance(broker, PostgresBroker)
+
+
+async def test_default_schema_is_pywork(postgres_server: PostgresServer) -> None:
+    async with pywork.connect(postgres_server.url) as broker:
+        assert isinstance(broker, PostgresBroker)
+        assert broker.schema == "pywork"
+        assert await sql(broker, "SELECT to_regclass('pywork.jobs')::text") == "pywork.jobs"
+
+
+async def test_many_processes_connecting_at_once_create_the_table_once(pg_url: str) -> None:
+    brokers = await asyncio.gather(*(PostgresBroker.from_url(pg_url) for _ in range(8)))
+    try:
+        ids = await asyncio.gather(*(b.enqueue(Job("x")) for b in brokers))
+        assert (await brokers[0].stats())["default"].queued == len(set(ids)) == 8
+    finally:
+        for b in brokers:
+            await b.close()
+
+
+async def test_url_options_are_validated_and_not_sent_to_the_server(
+    postgres_server: PostgresServer,
+) -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        await PostgresBroker.from_url("mysql://x/y")
+    with pytest.raises(ValueError, match="schema"):
+        await PostgresBroker.from_url(f"{postgres_server.url}?schema=")
+    with pytest.raises(ValueError, match="schema"):
+        await PostgresBroker.from_url(f"{postgres_server.url}?schema={'s' * 64}")
+    with pytest.raises(ValueError, match="pool_size"):
+        await PostgresBroker.from_url(f"{postgres_server.url}?pool_size=0")
+    with pytest.raises(ValueError, match="retention"):
+        await PostgresBroker.from_url(postgres_server.url, retention=-1)
+    url = f"{postgres_server.url}?schema=Mixed-Case&pool_size=2&application_name=x"
+    async with pywork.connect(url) as broker:
+        assert isinstance(broker, PostgresBroker) and broker.schema == "Mixed-Case"
+        await broker.enqueue(Job("x"))
+        assert await sql(broker, "SELECT count(*) FROM {jobs}") == 1
+        assert broker._pool.get_max_size() == 2
+
+
+async def test_closed_broker_refuses_work_and_close_is_idempotent(broker: PostgresBroker) -> None:
+    await broker.close()
+    await broker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await broker.enqueue(Job("x"))
+
+
+# ---------------------------------------------------------------------------------------
+# storage
+# ---------------------------------------------------------------------------------------
+async def test_payload_is_stored_byte_for_byte(broker: PostgresBroker) -> None:
+    # floats that jsonb would turn into integers, and NUL, which jsonb refuses
+    job = Job("x", {"big": 1e20, "tiny": 1.5e-300, "nul": "a\x00b", "ü": "✓"})
+    await broker.enqueue(job)
+    stored = await sql(broker, "SELECT payload FROM {jobs} WHERE id = $1", job.id)
+    assert stored == encode_job(job)
+    (delivery,) = await claim_all(broker)
+    assert delivery.job is not None and delivery.job.args == job.args
+    assert isinstance(delivery.job.args["big"], float)
+    # and args stay queryable in SQL
+    other = await broker.enqueue(Job("x", {"user": {"name": "zoë"}}))
+    query = "SELECT convert_from(payload, 'UTF8')::jsonb #>> '{args,user,name}' FROM {jobs}"
+    assert await sql(broker, f"{query} WHERE id = $1", other) == "zoë"
+
+
+async def test_enqueue_many_is_one_transaction_and_keeps_order(broker: PostgresBroker) -> None:
+    jobs = [Job("x", {"i": i}, queue="ab"[i % 2]) for i in range(300)]
+    assert await broker.enqueue_many(jobs) == [job.id for job in jobs]
+    # every row was written by one transaction (one statement, one round trip)
+    assert await sql(broker, "SELECT count(DISTINCT xmin::text) FROM {jobs}") == 1
+    claimed = await claim_all(broker, ["a", "b"])
+    assert [d.id for d in claimed] == [job.id for job in jobs]
+
+    # a batch holding an id already stored stores nothing
+    fresh = [Job("x") for _ in range(3)]
+    with pytest.raises(ValueError, match="already stored"):
+        await broker.enqueue_many([*fresh, Job("x", id=jobs[0].id)])
+    assert all([await broker.get(job.id) is None for job in fresh])
+    with pytest.raises(ValueError, match="already stored"):
+        await broker.enqueue(Job("x", id=jobs[1].id))
+
+
+async def test_unique_key_holds_under_concurrent_enqueues(open_pg: OpenPg) -> None:
+    brokers = [await open_pg() for _ in range(4)]
+    jobs = [Job("x", key="only-one") for _ in range(40)]
+    ids = await asyncio.gather(*(brokers[i % 4].enqueue(job) for i, job in enumerate(jobs)))
+    assert len(set(ids)) == 1
+    assert await sql(brokers[0], "SELECT count(*) FROM {jobs}") == 1
+
+    # a dead job frees its key; retried while another job holds it, it loses the key
+    broker = brokers[0]
+    (delivery,) = await claim_all(broker)
+    outcome = Outcome(delivery, JobState.DEAD, Status.BAD_REQUEST, "BadRequest: no")
+    assert await broker.settle([outcome]) == [True]
+    newer = Job("x", key="only-one")
+    assert await broker.enqueue(newer) == newer.id
+    assert await broker.retry_dead(ids[0]) is True
+    record = await broker.get(ids[0])
+    assert record is not None and record.state == JobState.QUEUED and record.key is None
+    holder = await broker.get(newer.id)
+    assert holder is not None and holder.key == "only-one"
+
+
+async def test_undecodable_payload_is_delivered_with_an_error(broker: PostgresBroker) -> None:
+    job_id = await broker.enqueue(Job("x", {"a": 1}))
+    await sql(broker, "UPDATE {jobs} SET payload = $1 WHERE id = $2", b"\xff{not json", job_id)
+    (delivery,) = await claim_all(broker)
+    assert (delivery.id, delivery.job, delivery.attempt) == (job_id, None, 1)
+    assert delivery.error is not None and delivery.error.startswith("DecodeError:")
+    record = await broker.get(job_id)
+    assert record is not None and record.handler == "x" and record.args == {}
+
+
+# ---------------------------------------------------------------------------------------
+# claiming, leases, fencing
+# ---------------------------------------------------------------------------------------
+async def test_claim_renew_settle_flow(broker: PostgresBroker) -> None:
+    job_id = await broker.enqueue(Job("x", {"n": 1}))
+    (delivery,) = await claim_all(broker, lease=30.0)
+    assert delivery.attempt == 1 and delivery.job is not None and delivery.job.args == {"n": 1}
+    record = await broker.get(job_id)
+    assert record is not None and record.state == JobState.RUNNING
+    before = await sql(broker, "SELECT lease_until FROM {jobs}")
+    assert await broker.renew([delivery], lease=60.0) == {}
+    after = await sql(broker, "SELECT lease_until FROM {jobs}")
+    assert isinstance(before, datetime) and isinstance(after, datetime) and after > before
+
+    # failed: waits for its retry, then is claimed again as attempt 2
+    failed = Outcome(delivery, JobState.FAILED, Status.UNAVAILABLE, "Unavailable: x", 0.2)
+    assert await broker.settle([failed]) == [True]
+    record = await broker.get(job_id)
+    assert record is not None and record.state == JobState.FAILED and record.run_at is not None
+    assert record.error == "Unavailable: x" and record.status == Status.UNAVAILABLE
+    (again,) = await claim_after_wait(broker)
+    assert again.attempt == 2 and again.token != delivery.token
+
+    # released at shutdown: the attempt is given back and it is ready at once
+    assert await broker.settle([Outcome(again, JobState.QUEUED)]) == [True]
+    (third,) = await claim_all(broker)
+    assert third.attempt == 2
+    done = Outcome(third, JobState.SUCCEEDED, Status.SUCCESS)
+    assert await broker.settle([done, done]) == [True, False]  # one outcome per lease
+    record = await broker.get(job_id)
+    assert record is not None and record.state == JobState.SUCCEEDED
+    assert (record.status, record.error, record.attempts) == (Status.SUCCESS, None, 2)
+    with pytest.raises(ValueError, match="cannot settle"):
+        await broker.settle([Outcome(third, JobState.RUNNING)])
+
+
+async def test_expired_lease_is_reclaimed_with_a_new_token_and_the_old_one_is_fenced(
+    broker: PostgresBroker,
+) -> None:
+    job_id = await broker.enqueue(Job("x"))
+    (first,) = await claim_all(broker, lease=0.2)
+    # wait() wakes when the lease expires, without a NOTIFY
+    (second,) = await claim_after_wait(broker, lease=30.0)
+    assert second.id == job_id and second.attempt == 2 and second.token != first.token
+
+    # the first holder can neither renew nor settle
+    assert await broker.renew([first, second], lease=30.0) == {job_id: "lost"}
+    assert await broker.settle([Outcome(first, JobState.SUCCEEDED, Status.SUCCESS)]) == [False]
+    record = await broker.get(job_id)
+    assert record is not None and record.state == JobState.RUNNING and record.attempts == 2
+    assert await broker.settle([Outcome(second, JobState.SUCCEEDED, Status.SUCCESS)]) == [True]
+
+
+async def test_lease_expiries_count_as_attempts_until_dead(broker: PostgresBroker) -> None:
+    plain = await broker.enqueue(Job("x"))
+    own = await broker.enqueue(Job("x", max_retries=0))
+    claimed = await claim_all(broker, lease=0.2, max_retries=1)
+    assert {d.id for d in claimed} == {plain, own}
+    # own max_retries=0: dead at the first expiry; the other (max_retries 1) runs again
+    (again,) = await claim_after_wait(broker, lease=0.2, max_retries=1)
+    assert (again.id, again.attempt) == (plain, 2)
+    dead = await broker.get(own)
+    assert dead is not None and dead.state == JobState.DEAD and dead.status == Status.TIMEOUT
+    assert dead.error is not None and dead.error.startswith("JobTimeout: lease expired 1 times")
+    assert dead.attempts == 1 and dead.finished_at is not None
+
+    # after its second expiry it is dead too, and nothing is left to claim
+    await broker.wait(["default"], 5.0)
+    assert await broker.claim(["default"], 10, lease=30.0, max_retries=1) == []
+    record = await broker.get(plain)
+    assert record is not None and record.state == JobState.DEAD and record.attempts == 2
+    assert [r.id for r in await broker.dead_letters()] == [own, plain]
+
+
+async def test_concurrent_claimers_never_share_a_job(open_pg: OpenPg) -> None:
+    brokers = [await open_pg() for _ in range(4)]
+    jobs = [Job("x", {"i": i}) for i in range(400)]
+    await brokers[0].enqueue_many(jobs)
+
+    async def drain(broker: PostgresBroker) -> list[str]:
+        got: list[str] = []
+        while claimed := await broker.claim(["default"], 7, lease=30.0, max_retries=3):
+            got.extend(d.id for d in claimed)
+        return got
+
+    results = await asyncio.gather(*(drain(b) for b in brokers))
+    everything = [job_id for ids in results for job_id in ids]
+    assert sorted(everything) == sorted(job.id for job in jobs)  # each exactly once
+
+
+async def test_cancel_running_job_is_reported_by_renew(broker: PostgresBroker) -> None:
+    job_id = await broker.enqueue(Job("x"))
+    (delivery,) = await claim_all(broker)
+    assert await broker.cancel(job_id) is True
+    assert await broker.cancel(job_id) is False
+    assert await broker.renew([delivery], lease=30.0) == {job_id: "cancelled"}
+    assert await broker.settle([Outcome(delivery, JobState.SUCCEEDED, Status.SUCCESS)]) == [False]
+    record = await broker.get(job_id)
+    assert record is not None and record.state == JobState.CANCELLED
+
+
+# ---------------------------------------------------------------------------------------
+# waiting: NOTIFY and due times
+# ---------------------------------------------------------------------------------------
+async def test_wait_is_woken_by_an_enqueue_from_another_connection(open_pg: OpenPg) -> None:
+    consumer, producer = await open_pg(), await open_pg()
+    await consumer.wait(["mail"], 0.01)  # the LISTEN connection is open
+    started = time.monotonic()
+    waiting = asyncio.create_task(consumer.wait(["mail"], 30.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await producer.enqueue(Job("x", queue="mail"))
+    await asyncio.wait_for(waiting, 10.0)
+    assert time.monotonic() - started < 10.0
+    assert len(await consumer.claim(["mail"], 5, lease=30.0, max_retries=3)) == 1
+
+
+async def test_wait_returns_at_once_when_work_is_ready(broker: PostgresBroker) -> None:
+    await broker.enqueue(Job("x"))
+    await asyncio.wait_for(broker.wait(["default"], 30.0), 5.0)
+
+
+async def test_wait_sleeps_until_a_delayed_job_is_due(broker: PostgresBroker) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=0.4)
+    job_id = await broker.enqueue(Job("x"), at=at)
+    stats = await broker.stats()
+    assert stats["default"] == QueueStats(scheduled=1)
+    assert await broker.claim(["default"], 10, lease=30.0, max_retries=3) == []
+    started = time.monotonic()
+    await broker.wait(["default"], 30.0)  # nothing is enqueued: only the due time wakes it
+    assert 0.2 < time.monotonic() - started < 10.0
+    assert datetime.now(UTC) >= at - timedelta(milliseconds=50)
+    (delivery,) = await claim_after_wait(broker)
+    assert delivery.id == job_id
+    assert (await broker.stats())["default"] == QueueStats(running=1)
+
+
+# ---------------------------------------------------------------------------------------
+# retention
+# ---------------------------------------------------------------------------------------
+async def test_retention_zero_deletes_at_once_but_a_cancelled_run_waits_for_its_lease(
+    open_pg: OpenPg,
+) -> None:
+    broker = await open_pg(retention=0)
+    done, running = await broker.enqueue(Job("x")), await broker.enqueue(Job("x"))
+    first, second = await claim_all(broker)
+    assert await broker.settle([Outcome(first, JobState.SUCCEEDED, Status.SUCCESS)]) == [True]
+    assert await sql(broker, "SELECT count(*) FROM {jobs} WHERE id = $1", done) == 0
+    # cancelled while running: kept until its lease ends, so its consumer learns of it
+    assert await broker.cancel(running) is True
+    assert await broker.renew([second], lease=30.0) == {running: "cancelled"}
+
+
+async def test_expired_records_disappear_and_are_deleted_lazily(
+    open_pg: OpenPg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg, "PURGE_EVERY", 0.0)
+    broker = await open_pg(retention=0.3)
+    ids = await broker.enqueue_many([Job("x") for _ in range(3)])
+    claimed = await claim_all(broker)
+    outcomes = [Outcome(d, JobState.SUCCEEDED, Status.SUCCESS) for d in claimed]
+    assert await broker.settle(outcomes) == [True] * 3
+    assert (await broker.stats())["default"].succeeded == 3
+    record = await broker.get(ids[0])
+    assert record is not None and record.state == JobState.SUCCEEDED
+    deadline = time.monotonic() + 10
+    while await broker.get(ids[0]) is not None:  # hidden as soon as the retention ends
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await broker.stats() == {}
+    await broker.claim(["other"], 1, lease=30.0, max_retries=3)  # purges on the side
+    assert await sql(broker, "SELECT count(*) FROM {jobs}") == 0
+
+
+# ---------------------------------------------------------------------------------------
+# a PostgreSQL restart
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+async def test_restart_while_consuming_loses_nothing(
+    postgres_server: PostgresServer, open_pg: OpenPg
+) -> None:
+    # Given a consumer working through jobs, and a producer
+    broker, producer = await open_pg(), await open_pg()
+    before = await producer.enqueue_many([Job("x", {"i": i}) for i in range(200)])
+    seen: set[str] = set()
+    worker = Worker()
+
+    @worker.handler("x")
+    async def handle(job: Job) -> None:
+        seen.add(job.id)
+        await asyncio.sleep(0.002)
+
+    async with consuming(worker, broker, concurrency=8, lease=5.0, **FAST):
+        await _until(lambda: len(seen) >= 20)
+        # When PostgreSQL restarts under it
+        await asyncio.to_thread(postgres_server.restart)
+        # Then the pools reconnect: new jobs are stored and every job runs
+        after = await _retrying(lambda: producer.enqueue_many([Job("x") for _ in range(50)]))
+        for job_id in [*before, *after]:
+            await record_in(broker, job_id, [JobState.SUCCEEDED], timeout=30.0)
+    assert seen >= {*before, *after}
+    stats = (await producer.stats())["default"]
+    assert stats == QueueStats(succeeded=250)
+    # and the LISTEN connection came back: an enqueue wakes a waiter again
+    waiting = asyncio.create_task(broker.wait(["late"], 30.0))
+    await asyncio.sleep(0.05)
+    await producer.enqueue(Job("x", queue="late"))
+    await asyncio.wait_for(waiting, 10.0)
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def _retrying(call: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    """A producer retries a call that failed while the server was coming back."""
+    for _ in range(50):
+        try:
+            return await call()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await asyncio.sleep(0.1)
+    return await call()
