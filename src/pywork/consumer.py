@@ -122,13 +122,14 @@ def outcome_for(
 class _Lease:
     """One job this consumer holds, from claim to settle."""
 
-    __slots__ = ("cancelled", "delivery", "execution", "lost")
+    __slots__ = ("cancelled", "delivery", "execution", "lost", "settling")
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.execution: Execution | None = None
         self.cancelled = False  # broker.cancel: the run is cancelled, nothing is settled
         self.lost = False  # the lease lapsed and the job was taken back: result dropped
+        self.settling = False  # its outcome is being settled: no renewal needed
 
 
 class Consumer:
@@ -445,6 +446,7 @@ class Consumer:
             elif lease.cancelled:
                 self._drop(lease)
             else:
+                lease.settling = True
                 live.append(outcome)
         applied = await self._settle_retrying(live) if live else []
         for outcome, ok in zip(live, applied, strict=True):
@@ -488,12 +490,16 @@ class Consumer:
                 return
             except TimeoutError:
                 pass
-            leases = [lease for lease in self._held.values() if not lease.lost]
+            leases = {
+                job_id: lease
+                for job_id, lease in self._held.items()
+                if not lease.lost and not lease.settling
+            }
             if not leases:
                 continue
             try:
                 reasons = await self.broker.renew(
-                    [lease.delivery for lease in leases], lease=self.lease
+                    [lease.delivery for lease in leases.values()], lease=self.lease
                 )
             except Exception as exc:
                 self._logger.warning(
@@ -504,8 +510,9 @@ class Consumer:
                 )
                 continue
             for job_id, reason in reasons.items():
-                lease = self._held.get(job_id)
-                if lease is not None:
+                lease = leases.get(job_id)
+                # a settle that overtook this renewal ended the lease: that is no loss
+                if lease is not None and self._held.get(job_id) is lease and not lease.settling:
                     self._lease_ended(lease, reason)
 
     def _lease_ended(self, lease: _Lease, reason: str) -> None:

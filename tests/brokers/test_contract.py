@@ -616,6 +616,7 @@ async def test_lease_expiry_redelivers_then_dead_letters(broker: Broker) -> None
     late = Outcome(first, JobState.DEAD, Status.BAD_REQUEST, "BadRequest: late")
     assert await broker.settle([late]) == [False]
     assert await broker.renew([first], lease=30.0) == {job_id: "lost"}
+    assert await broker.renew([second], lease=0.2) == {}  # the new holder keeps it
     record = await broker.get(job_id)
     assert record is not None and (record.state, record.attempts) == (JobState.RUNNING, 2)
 
