@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import random
 import threading
 import time
 from collections.abc import MutableMapping
@@ -36,11 +36,13 @@ REQUEST_SIZE = "keyRequestSize"
 RESPONSE_SIZE = "keyResponseSize"
 
 _MISSING: Any = object()
+# Mersenne Twister: ids need uniqueness, not secrecy; reseeded in forked children.
+_random_bits = random.getrandbits
 
 
 def new_id() -> str:
-    """Return a new random job id: 32 lowercase hex characters."""
-    return os.urandom(16).hex()
+    """Return a new random job id: 32 lowercase hex characters (128 random bits)."""
+    return f"{_random_bits(128):032x}"
 
 
 @dataclass(slots=True, eq=False)
@@ -74,18 +76,19 @@ class Job:
     ctx: Context | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.handler, str):
-            raise TypeError(f"Job handler must be a str naming a handler, got {self.handler!r}")
-        if not self.handler:
+        handler, queue, headers = self.handler, self.queue, self.headers
+        if type(handler) is not str or not handler:
+            if not isinstance(handler, str):
+                raise TypeError(f"Job handler must be a str naming a handler, got {handler!r}")
             raise ValueError("Job handler must be a non-empty str naming a registered handler")
         if not isinstance(self.args, dict):
             raise TypeError(f"Job args must be a dict, got {type(self.args).__name__}")
-        if not isinstance(self.queue, str) or not self.queue:
-            raise ValueError(f"Job queue must be a non-empty str, got {self.queue!r}")
-        timeout: object = self.timeout
-        if timeout is not None:
+        if queue != "default" and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"Job queue must be a non-empty str, got {queue!r}")
+        if self.timeout is not None:
+            timeout: object = self.timeout
             self.timeout = optional_duration(timeout, "Job timeout", allow_zero=False)
-        if not isinstance(self.id, str) or not self.id:
+        if type(self.id) is not str or not self.id:
             raise ValueError(f"Job id must be a non-empty str, got {self.id!r}")
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ValueError(f"Job key must be None or a non-empty str, got {self.key!r}")
@@ -94,10 +97,11 @@ class Job:
             isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
         ):
             raise ValueError(f"Job max_retries must be None or an int >= 0, got {retries!r}")
-        if not isinstance(self.headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        if not isinstance(headers, dict) or (
+            headers
+            and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
         ):
-            raise TypeError(f"Job headers must be a dict of str to str, got {self.headers!r}")
+            raise TypeError(f"Job headers must be a dict of str to str, got {headers!r}")
 
     def copy(self) -> Job:
         """Return a copy with a new id, shallow copies of args and headers, and no ctx."""

@@ -38,7 +38,7 @@ class Execution:
     are never raised, read :attr:`status` and :attr:`error`.
     """
 
-    __slots__ = ("_holds_slot", "_started", "_t0", "_t1", "_task", "_worker", "ctx", "job")
+    __slots__ = ("_holds_slot", "_t0", "_t1", "_task", "_worker", "ctx", "job")
 
     def __init__(self, job: Job, ctx: Context, worker: Worker) -> None:
         self.job = job
@@ -46,7 +46,6 @@ class Execution:
         self._worker = worker
         self._task: asyncio.Task[None] = None  # type: ignore[assignment]  # set by the worker
         self._holds_slot = False
-        self._started: float | None = None
         self._t0: float | None = None
         self._t1: float | None = None
 
@@ -63,9 +62,9 @@ class Execution:
     @property
     def started_at(self) -> datetime | None:
         """When the handler chain started (aware, UTC), or None before."""
-        if self._started is None:
+        if self._t0 is None:
             return None
-        return datetime.fromtimestamp(self._started, UTC)
+        return datetime.fromtimestamp(self._worker._wall_offset + self._t0, UTC)
 
     @property
     def finished_at(self) -> datetime | None:

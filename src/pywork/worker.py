@@ -89,6 +89,7 @@ class Worker:
         self._schedules: set[Schedule] = set()
         self._active = 0
         self._number: int | None = None  # set by ConcurrentJob
+        self._wall_offset = time.time() - time.monotonic()  # wall clock = monotonic + offset
         self._stop_hooks: list[Callable[[], None]] = []  # called when stop() begins (consumers)
 
     # registration -------------------------------------------------------------
@@ -176,6 +177,7 @@ class Worker:
         if self.max_concurrency is not None:
             self._slots = asyncio.Semaphore(self.max_concurrency)
         self._chains = {name: self._compose(name) for name in self._handlers}
+        self._wall_offset = time.time() - time.monotonic()
         self._state = _RUNNING
 
     async def stop(self, timeout: float | timedelta = 30.0) -> None:
@@ -287,7 +289,6 @@ class Worker:
             execution._holds_slot = True
         self._active += 1
         try:
-            execution._started = time.time()
             t0 = execution._t0 = time.monotonic()
             job = execution.job
             if job.timeout is not None:
