@@ -11,6 +11,7 @@ next due time. See ``docs/brokers-postgres.md`` for the design and the tuning kn
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import Coroutine, Sequence
@@ -298,6 +299,14 @@ class _Waiter:
             self.future.set_result(None)
 
 
+def _channel(schema: str) -> str:
+    """The NOTIFY channel of `schema`: an identifier, so at most 63 bytes."""
+    channel = f"pywork.{schema}"
+    if len(channel.encode()) > 63:
+        channel = "pywork." + hashlib.sha256(schema.encode()).hexdigest()[:40]
+    return channel
+
+
 def _parse_url(url: str) -> tuple[str, str, int]:
     """Split ``?schema=`` and ``?pool_size=`` off `url`: (dsn, schema, pool size)."""
     if not isinstance(url, str):
@@ -349,8 +358,7 @@ class PostgresBroker:
         self._dsn = dsn
         self._pool = pool
         self._schema = quote_ident(schema)
-        # a channel name is an identifier: longer names would be truncated by LISTEN
-        self._channel = f"pywork.{schema}"[:63]
+        self._channel = _channel(schema)
         self._sql = _SQL(self._schema)
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
