@@ -385,7 +385,7 @@ class PostgresBroker:
         dsn, schema, pool_size = _parse_url(url)
         pool = await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            min_size=0,
             max_size=pool_size,
             server_settings={"application_name": "pywork"},
             reset=_keep_session,
