@@ -333,3 +333,15 @@ def test_metrics_without_prometheus_client_say_what_to_install() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('501 prometheus_client is not installed: pip install "pywork')
+
+
+async def test_a_cancelled_start_closes_the_server() -> None:
+    server = OpsServer(create_app(), port=0)
+    starting = asyncio.create_task(server.start())
+    await asyncio.sleep(0)  # the socket is bound, uvicorn is starting
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert not server.running
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", server.port))

@@ -320,6 +320,10 @@ class OpsServer:
         waiter = asyncio.ensure_future(listening.wait())
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # nobody will call stop(): close it now
+            server.should_exit = True
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         finally:
             waiter.cancel()
         if not listening.is_set():
