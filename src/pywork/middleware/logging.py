@@ -388,7 +388,10 @@ def with_aggregate_logger(
             record["comment"] = comment
         error = ctx.error if exc is None else exc
         if isinstance(error, Exception):
-            record["error"] = f"{type(error).__name__}: {error}"
+            detail = str(error)
+            record["error"] = (
+                f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+            )
         highest = logging.INFO
         rows = []
         for lvl, message, when, exc_info in entries:
