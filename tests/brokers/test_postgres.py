@@ -134,6 +134,7 @@ async def test_url_options_are_validated_and_not_sent_to_the_server(
         await broker.enqueue(Job("x"))
         assert await sql(broker, "SELECT count(*) FROM {jobs}") == 1
         assert broker._pool.get_max_size() == 2
+        assert await sql(broker, "SELECT current_setting('application_name')") == "x"
 
 
 async def test_a_long_schema_name_still_gets_notifications(

@@ -383,11 +383,12 @@ class PostgresBroker:
         """
         seconds = duration(retention, "retention")
         dsn, schema, pool_size = _parse_url(url)
+        named = "application_name=" in urlsplit(dsn).query  # the url's name wins
         pool = await asyncpg.create_pool(
             dsn,
             min_size=0,
             max_size=pool_size,
-            server_settings={"application_name": "pywork"},
+            server_settings=None if named else {"application_name": "pywork"},
             reset=_keep_session,
         )
         broker = cls(url, pool, dsn, schema, retention=seconds)
@@ -737,8 +738,10 @@ class PostgresBroker:
             if self._listener is not None and not self._listener.is_closed():
                 return
             self._listener = None
+            named = "application_name=" in urlsplit(self._dsn).query
             conn = await asyncpg.connect(
-                self._dsn, server_settings={"application_name": "pywork-listen"}
+                self._dsn,
+                server_settings=None if named else {"application_name": "pywork-listen"},
             )
             try:
                 await conn.add_listener(self._channel, self._notified)
