@@ -182,6 +182,7 @@ class Consumer:
         self._outbox: list[Outcome] = []
         self._stopping = False
         self._closing = False
+        self._starved = False  # the claimer waits for held jobs to be settled
         self._stop_event = asyncio.Event()
         self._changed = asyncio.Event()  # held count went down, or stopping
         self._outbox_event = asyncio.Event()
@@ -282,8 +283,13 @@ class Consumer:
         while not self._stopping:
             self._changed.clear()
             room = capacity - len(self._held)
-            if room <= 0 or (self._pending and room < self.prefetch):
+            # claim in batches of at least `prefetch` (fewer round trips), unless the
+            # consumer holds nothing that could keep its slots busy meanwhile
+            if room < self.prefetch:
+                self._starved = True  # the settler flushes at once: we wait for room
+                self._outbox_event.set()
                 await self._changed.wait()
+                self._starved = False
                 continue
             try:
                 deliveries = await self.broker.claim(
@@ -423,7 +429,12 @@ class Consumer:
                 self._outbox_event.clear()
                 await self._outbox_event.wait()
                 continue
-            if not self._closing and len(self._outbox) < SETTLE_BATCH:
+            if (
+                not self._closing
+                and not self._starved
+                and self._running
+                and len(self._outbox) < SETTLE_BATCH
+            ):  # more outcomes are coming: let them join this batch
                 await asyncio.sleep(SETTLE_DELAY)
             batch = self._outbox[:SETTLE_BATCH]
             del self._outbox[: len(batch)]
