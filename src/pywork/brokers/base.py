@@ -18,14 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from pywork.cron import ScheduleSpec
 from pywork.job import Job
 from pywork.status import Status
 
-__all__ = ["Broker", "Delivery", "JobRecord", "JobState", "Outcome", "QueueStats"]
+__all__ = [
+    "Broker",
+    "Delivery",
+    "JobRecord",
+    "JobState",
+    "Outcome",
+    "QueueStats",
+    "ScheduleRecord",
+    "ScheduleStore",
+]
 
 
 class JobState(StrEnum):
@@ -104,6 +114,87 @@ class Outcome:
     status: Status | None = None
     error: str | None = None
     retry_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A cluster schedule stored in a broker (contract §9).
+
+    Attributes:
+        name: the schedule's unique name.
+        job: the declared job; each tick enqueues a copy with a new id and the tick key.
+        every: seconds between ticks, or None for a cron schedule.
+        cron: the 5-field crontab, or None for an interval schedule.
+        timezone: the IANA time zone the crontab is read in.
+        next_run_at: the next tick (aware UTC).
+        last_run_at: the latest fired tick (aware UTC), or None.
+        jitter: each tick's job is delayed by a random 0..jitter seconds.
+        misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
+    """
+
+    name: str
+    job: Job
+    every: float | None
+    cron: str | None
+    timezone: str
+    next_run_at: datetime
+    last_run_at: datetime | None
+    jitter: float = 0.0
+    misfire: str = "skip"
+
+    @property
+    def spec(self) -> ScheduleSpec:
+        """The validated definition, for tick arithmetic."""
+        return ScheduleSpec(self.every, self.cron, self.timezone, self.jitter, self.misfire)
+
+
+class ScheduleStore(Protocol):
+    """The cluster-schedule side of a broker (contract §9)."""
+
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name`; never fires a run.
+
+        Validates with ``ScheduleSpec.create`` and ``encode_job``; redeclaring with the same
+        every/cron/timezone keeps ``next_run_at``, else it is ``spec.first_run(cron.now())``.
+        """
+        ...
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        ...
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        ...
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules whose next_run_at <= `at`, and the earliest next_run_at of the
+        others (None when there are none)."""
+        ...
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """Atomically: if `name` still has ``next_run_at == expected`` (compare at
+        microsecond precision, e.g. as ``cron.to_micros``), set its next_run_at and
+        last_run_at and enqueue `jobs` (each with its delay in seconds or None; unique
+        keys honoured). True if this call won the compare-and-set; False changes nothing."""
+        ...
 
 
 @runtime_checkable
