@@ -75,6 +75,22 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_port(self.port)
+        self._wait_loaded()
+
+    def _wait_loaded(self, timeout: float = 30.0) -> None:
+        """Wait until PING answers PONG (not -LOADING while the AOF is replayed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis on port {self.port} still loading after {timeout}s")
+            time.sleep(0.05)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None:
