@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,6 +43,11 @@ from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueSta
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
+
+try:
+    from redis.maint_notifications import MaintNotificationsConfig as _MaintNotificationsConfig
+except ImportError:  # redis-py < 7
+    _MaintNotificationsConfig = None  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = ["RedisBroker"]
 
@@ -54,6 +61,8 @@ _STATE_ARG = {
     JobState.QUEUED: "queued",
 }
 _REASONS = {b"cancelled": "cancelled", b"lost": "lost"}
+#: Pauses between tries of an idempotent call whose connection failed (about 3.5 s in all).
+_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -179,6 +188,8 @@ local function reclaim(queue, default_mr)
     if f[1] == 'running' then
       local attempts = tonumber(f[2]) or 0
       local mr = tonumber(f[3]) or default_mr
+      -- revoke the lease: its holder's token no longer matches (renew says "lost")
+      redis.call('HINCRBY', jk, 'lease', 1)
       if attempts > mr then
         finish(jk, id, queue, 'dead', '408',
           'JobTimeout: lease expired on attempt ' .. attempts ..
@@ -262,14 +273,31 @@ flush()
 return cjson.encode(out)
 """
 
-# ARGV[3] = limit, ARGV[4] = lease ms, ARGV[5] = default max_retries, ARGV[6] = nq, queues.
-# Returns one string: per claimed job "<len(id)>:<id><token>:<attempts>:<len(payload)>:<payload>"
-# (one bulk reply parses much faster than an array of 4 * limit elements).
+# ARGV[3] = claim id, ARGV[4] = limit, ARGV[5] = lease ms, ARGV[6] = default max_retries,
+# ARGV[7] = nq, queues. Returns one string: per claimed job
+# "<len(id)>:<id><token>:<attempts>:<len(payload)>:<payload>" (one bulk reply parses much
+# faster than an array of 4 * limit elements). The leases are remembered for a minute
+# under the claim id, so that a call retried after a lost reply returns the same jobs
+# instead of leaving them leased to nobody until their lease expires.
 _CLAIM = """
-local limit, lease, default_mr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local nq = tonumber(ARGV[6])
+local ck = P .. 'claim:' .. ARGV[3]
+local prior = redis.call('GET', ck)
+if prior then
+  local out = {}
+  for _, lease in ipairs(cjson.decode(prior)) do
+    local id, token = lease[1], lease[2]
+    local f = redis.call('HMGET', jkey(id), 'state', 'payload', 'attempts', 'lease')
+    if f[1] == 'running' and f[4] == token then
+      local payload = f[2] or ''
+      out[#out + 1] = #id .. ':' .. id .. token .. ':' .. f[3] .. ':' .. #payload .. ':' .. payload
+    end
+  end
+  return table.concat(out)
+end
+local limit, lease, default_mr = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local nq = tonumber(ARGV[7])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[6 + i] end
+for i = 1, nq do queues[i] = ARGV[7 + i] end
 cleanup()
 for _, queue in ipairs(queues) do
   reclaim(queue, default_mr)
@@ -293,7 +321,7 @@ else
     picked[#picked + 1] = {c[2], c[3]}
   end
 end
-local out = {}
+local out, leased = {}, {}
 local deadline = NOW + lease
 local n = 0
 for _, p in ipairs(picked) do
@@ -308,9 +336,11 @@ for _, p in ipairs(picked) do
     local payload = f[2] or ''
     n = n + 1
     out[n] = #id .. ':' .. id .. token .. ':' .. attempts .. ':' .. #payload .. ':' .. payload
+    leased[n] = {id, token .. ''}
   end
 end
 flush()
+if n > 0 then redis.call('SET', ck, cjson.encode(leased), 'PX', 60000) end
 return table.concat(out)
 """
 
@@ -334,22 +364,24 @@ return best
 """
 
 # ARGV[3] = lease ms, ARGV[4] = JSON [[id, token], ...]. Returns id, reason pairs for
-# the leases not held.
+# the leases not held: "cancelled" (same token, state cancelled) or "lost" (the token was
+# revoked or the record is gone). A lease that its holder's own settle ended (same token,
+# another state) is not reported: nothing was lost, and its consumer may simply not have
+# seen the settle's reply yet.
 _RENEW = """
 local deadline = NOW + tonumber(ARGV[3])
 local out = {}
 for _, lease in ipairs(cjson.decode(ARGV[4])) do
   local id, token = lease[1], lease[2]
   local f = redis.call('HMGET', jkey(id), 'state', 'lease', 'queue')
-  if f[2] == token and f[1] == 'running' then
-    later('ZADD', P .. 'running:' .. f[3], deadline, id)
-  else
+  if f[2] ~= token then
     out[#out + 1] = id
-    if f[2] == token and f[1] == 'cancelled' then
-      out[#out + 1] = 'cancelled'
-    else
-      out[#out + 1] = 'lost'
-    end
+    out[#out + 1] = 'lost'
+  elseif f[1] == 'running' then
+    later('ZADD', P .. 'running:' .. f[3], deadline, id)
+  elseif f[1] == 'cancelled' then
+    out[#out + 1] = id
+    out[#out + 1] = 'cancelled'
   end
 end
 flush()
@@ -357,14 +389,18 @@ return out
 """
 
 # ARGV[3] = JSON [[id, token, state, status, error, retry_in ms], ...].
-# Returns a string of "1" (applied) or "0", one per outcome.
+# Returns a string of "1" (applied) or "0", one per outcome. Idempotent: the lease token
+# changes whenever a lease is revoked, so a job still holding the token in the outcome's
+# state was settled by an earlier try of this very call.
 _SETTLE = """
 local out = {}
 for _, o in ipairs(cjson.decode(ARGV[3])) do
   local id, token, state, status, err, retry = unpack(o)
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
-  if f[1] ~= 'running' or f[2] ~= token then
+  if f[2] == token and f[1] == state then
+    out[#out + 1] = '1'  -- applied by an earlier call whose reply was lost
+  elseif f[1] ~= 'running' or f[2] ~= token then
     out[#out + 1] = '0'
   else
     local queue = f[3]
@@ -659,6 +695,8 @@ class _Waker:
                         self.event.set()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 logger.debug("redis wake-up subscription lost (%s); resubscribing", exc)
+            except Exception:  # never let wake-ups die: wait() would fall back to timeouts
+                logger.exception("redis wake-up subscription failed; resubscribing")
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
@@ -742,16 +780,27 @@ class RedisBroker:
             raise ValueError(f"a redis broker url starts with redis:// or rediss://, got {url!r}")
         retention = duration(retention, "retention")
         driver_url, prefix = _split_url(url)
-        # No command retries: a script whose reply was lost may have run, and running
-        # claim or settle twice is not harmless. Connections the server closed (a restart)
-        # are replaced when taken from the pool; other errors reach the caller, and the
-        # consumer retries with backoff.
+        # Commands are retried only when the server refused them while loading its data
+        # after a restart (nothing ran). Never on a lost connection: a script whose reply
+        # was lost may have run, and running claim or settle twice is not harmless.
+        # Connections the server closed (a restart) are replaced when taken from the pool;
+        # other errors reach the caller, and the consumer retries with backoff.
+        options: dict[str, Any] = {}
+        if _MaintNotificationsConfig is not None:
+            # redis-py >= 7 skips its check for connections the server closed while they
+            # sat in the pool when these notifications are on ("auto" counts as on)
+            options["maint_notifications_config"] = _MaintNotificationsConfig(enabled=False)
         client = aioredis.Redis.from_url(
             driver_url,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(
+                ExponentialBackoff(cap=1.0, base=0.02), 30, supported_errors=(BusyLoadingError,)
+            ),
+            retry_on_error=[],
             socket_connect_timeout=5.0,
             socket_keepalive=True,
             decode_responses=False,
+            protocol=2,
+            **options,
         )
         try:
             await client.ping()
@@ -765,10 +814,23 @@ class RedisBroker:
 
         return f"<RedisBroker {mask_url(self.url)}>"
 
-    async def _run(self, script: Any, args: list[Any]) -> Any:
+    async def _run(self, script: Any, args: list[Any], *, idempotent: bool = False) -> Any:
+        """Run a script. An idempotent one is retried, over a few seconds, when the
+        connection fails: its reply may have been lost after it ran (a server restart)."""
         if self._closed:
             raise RuntimeError("this RedisBroker is closed")
-        return await script(keys=self._keys, args=[self._p, self._retention_ms, *args])
+        args = [self._p, self._retention_ms, *args]
+        if not idempotent:
+            return await script(keys=self._keys, args=args)
+        for delay in _RETRY_DELAYS:
+            try:
+                return await script(keys=self._keys, args=args)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self._closed:
+                    raise
+                logger.debug("redis call failed (%s); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+        return await script(keys=self._keys, args=args)
 
     # producer side ------------------------------------------------------------------
     def _job_args(self, job: Job, at: datetime | None, delay: float | None) -> list[str]:
@@ -809,7 +871,8 @@ class RedisBroker:
             raise TypeError(f"at must be a datetime or None, got {at!r}")
         delay = optional_duration(delay, "delay")
         packed = _encoder.encode([self._job_args(job, at, delay)])
-        ids: list[str] = _decoder.decode(await self._run(self._enqueue, [packed]))
+        reply = await self._run(self._enqueue, [packed], idempotent=True)
+        ids: list[str] = _decoder.decode(reply)
         return ids[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
@@ -827,7 +890,8 @@ class RedisBroker:
         if not jobs:
             return []
         packed = _encoder.encode([self._job_args(job, None, None) for job in jobs])
-        ids: list[str] = _decoder.decode(await self._run(self._enqueue, [packed]))
+        reply = await self._run(self._enqueue, [packed], idempotent=True)
+        ids: list[str] = _decoder.decode(reply)
         return ids
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -899,8 +963,11 @@ class RedisBroker:
         await self._waker.ensure(names)
         if limit == 0:
             return []
+        claim_id = os.urandom(12).hex()
         data: bytes = await self._run(
-            self._claim, [limit, _ms(lease), max_retries, len(names), *names]
+            self._claim,
+            [claim_id, limit, _ms(lease), max_retries, len(names), *names],
+            idempotent=True,
         )
         return _parse_claimed(data)
 
@@ -930,12 +997,17 @@ class RedisBroker:
             event.clear()
 
     async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
-        """Extend the leases still held; return ``{id: "cancelled" | "lost"}`` for the others."""
+        """Extend the leases still held; return ``{id: "cancelled" | "lost"}`` for the others.
+
+        A lease is "lost" once it was revoked (it expired and a claim took the job back)
+        or the record is gone. A lease that ended by its holder's own settle is not
+        reported: nothing was lost, its consumer just has not seen the settle's reply yet.
+        """
         lease = duration(lease, "lease", allow_zero=False)
         if not deliveries:
             return {}
         packed = _encoder.encode([(delivery.id, delivery.token) for delivery in deliveries])
-        flat = await self._run(self._renew, [_ms(lease), packed])
+        flat = await self._run(self._renew, [_ms(lease), packed], idempotent=True)
         return {flat[i].decode(): _REASONS[flat[i + 1]] for i in range(0, len(flat), 2)}
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -967,5 +1039,5 @@ class RedisBroker:
                     _ms(retry_in),
                 )
             )
-        applied: bytes = await self._run(self._settle, [_encoder.encode(rows)])
+        applied: bytes = await self._run(self._settle, [_encoder.encode(rows)], idempotent=True)
         return [flag == 49 for flag in applied]  # b"1"

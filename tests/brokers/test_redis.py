@@ -1,0 +1,353 @@
+"""What only the Redis broker does: its URL, key layout, wake-ups, batching and restarts.
+
+The behaviour every broker shares is in test_contract.py (which runs against Redis too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from support import claim_one, consuming, record_in, until
+
+import pywork
+from pywork import Job, JobState, Status, Worker
+from pywork.brokers import Broker, Outcome
+from pywork.brokers.redis import RedisBroker
+from servers import RedisServer, free_port
+
+OpenRedis = Callable[..., Awaitable[RedisBroker]]
+
+
+def _static_check(broker: RedisBroker) -> Broker:
+    return broker  # mypy: RedisBroker implements the Broker protocol
+
+
+@pytest.fixture
+async def open_redis(redis_server: RedisServer) -> AsyncIterator[OpenRedis]:
+    """``await open_redis(prefix=None, retention=3600.0)``: a broker, closed after the test."""
+    opened: list[RedisBroker] = []
+
+    async def open_(prefix: str | None = None, *, retention: float = 3600.0) -> RedisBroker:
+        prefix = prefix or f"t{uuid.uuid4().hex}"
+        broker = await RedisBroker.from_url(
+            f"{redis_server.url}?prefix={prefix}", retention=retention
+        )
+        opened.append(broker)
+        return broker
+
+    yield open_
+    for broker in reversed(opened):
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(open_redis: OpenRedis) -> RedisBroker:
+    return await open_redis()
+
+
+async def _keys(broker: RedisBroker) -> list[str]:
+    return sorted([k.decode() async for k in broker._client.scan_iter(match=f"{broker._p}*")])
+
+
+# ---------------------------------------------------------------------------------------
+# URL and key layout
+# ---------------------------------------------------------------------------------------
+async def test_connect_picks_redis_and_strips_the_prefix_from_the_url(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex}"
+    async with pywork.connect(f"{redis_server.url}?prefix={prefix}", retention=5) as broker:
+        assert isinstance(broker, RedisBroker)
+        assert (broker.prefix, broker.retention) == (prefix, 5.0)
+        assert prefix in repr(broker)
+        job_id = await broker.enqueue(Job("x"))
+        # every key lives under one Cluster hash tag: {prefix}:...
+        keys = await _keys(broker)
+        assert f"{{{prefix}}}:job:{job_id}" in keys
+        assert all(k.startswith(f"{{{prefix}}}:") for k in keys)
+    async with pywork.connect(redis_server.url) as default:
+        assert isinstance(default, RedisBroker) and default.prefix == "pywork"
+
+
+async def test_from_url_rejects_bad_urls_and_unreachable_servers() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        await RedisBroker.from_url("http://localhost:6379")
+    with pytest.raises(ValueError, match="prefix"):
+        await RedisBroker.from_url("redis://localhost:6379/0?prefix=")
+    with pytest.raises(ValueError, match="prefix"):
+        await RedisBroker.from_url("redis://localhost:6379/0?prefix={x}")
+    with pytest.raises(ValueError, match="retention"):
+        await RedisBroker.from_url("redis://localhost:6379/0", retention=-1)
+    with pytest.raises(RedisConnectionError):
+        await RedisBroker.from_url(f"redis://127.0.0.1:{free_port()}/0")
+
+
+async def test_prefixes_isolate_stores_and_equal_prefixes_share_one(
+    open_redis: OpenRedis,
+) -> None:
+    a, b = await open_redis(), await open_redis()
+    a_again = await open_redis(a.prefix)
+    job_id = await a.enqueue(Job("x"))
+    assert await b.get(job_id) is None
+    assert await b.claim(["default"], 10, lease=30.0, max_retries=3) == []
+    [delivery] = await a_again.claim(["default"], 10, lease=30.0, max_retries=3)
+    assert delivery.id == job_id
+
+
+async def test_a_broker_on_a_given_client_leaves_the_client_open(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        broker = RedisBroker(client, prefix=f"t{uuid.uuid4().hex}", retention=0)
+        job_id = await broker.enqueue(Job("x"))
+        assert (await claim_one(broker)).id == job_id
+        await broker.close()
+        await broker.close()  # idempotent
+        assert await client.ping()
+        with pytest.raises(RuntimeError, match="closed"):
+            await broker.enqueue(Job("x"))
+    finally:
+        await client.aclose()
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
+        RedisBroker("redis://localhost")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# enqueue / claim / settle details
+# ---------------------------------------------------------------------------------------
+async def test_enqueueing_the_same_job_twice_stores_it_once(broker: RedisBroker) -> None:
+    job = Job("x", {"n": 1})
+    assert await broker.enqueue(job) == job.id
+    assert await broker.enqueue(job) == job.id  # e.g. a retried request
+    assert await broker.enqueue_many([job, job]) == [job.id, job.id]
+    assert (await broker.stats())["default"].queued == 1
+
+
+async def test_large_batches_claim_and_settle_in_one_call_each_in_order(
+    broker: RedisBroker,
+) -> None:
+    jobs = [Job("x", {"i": i}) for i in range(2500)]
+    assert await broker.enqueue_many(jobs) == [job.id for job in jobs]
+    deliveries = await broker.claim(["default"], 2400, lease=30.0, max_retries=3)
+    assert [d.id for d in deliveries] == [job.id for job in jobs[:2400]]
+    assert all(d.attempt == 1 and d.job is not None for d in deliveries)
+    outcomes = [Outcome(d, JobState.SUCCEEDED, Status.SUCCESS) for d in deliveries]
+    assert await broker.settle(outcomes) == [True] * 2400
+    # settling again (a call retried after its reply was lost) changes nothing
+    assert await broker.settle(outcomes[:3]) == [True] * 3
+    failed = [Outcome(d, JobState.FAILED, Status.INTERNAL_ERROR, "E: e", 1.0) for d in deliveries]
+    assert await broker.settle(failed[:3]) == [False] * 3
+    stats = (await broker.stats())["default"]
+    assert (stats.queued, stats.running, stats.succeeded) == (100, 0, 2400)
+
+
+async def test_a_claim_retried_after_a_lost_reply_returns_the_same_jobs(
+    broker: RedisBroker,
+) -> None:
+    # (what claim() does when its connection fails: it retries with the same claim id)
+    await broker.enqueue_many([Job("x", {"i": i}) for i in range(5)])
+    args = ["claim-1", 3, 30_000, 3, 1, "default"]
+    first = await broker._run(broker._claim, args)
+    again = await broker._run(broker._claim, args)
+    assert again == first and first
+    assert (await broker.stats())["default"].running == 3
+    other = await broker.claim(["default"], 10, lease=30.0, max_retries=3)
+    assert len(other) == 2
+
+
+async def test_settle_keeps_per_outcome_fencing_within_one_batch(broker: RedisBroker) -> None:
+    ids = await broker.enqueue_many([Job("x") for _ in range(3)])
+    first = await broker.claim(["default"], 3, lease=30.0, max_retries=3)
+    assert await broker.cancel(ids[1]) is True
+    failed = Outcome(first[2], JobState.FAILED, Status.UNAVAILABLE, "Unavailable: later", 60.0)
+    applied = await broker.settle(
+        [
+            Outcome(first[0], JobState.SUCCEEDED, Status.SUCCESS),
+            Outcome(first[1], JobState.DEAD),
+            failed,
+        ]
+    )
+    assert applied == [True, False, True]
+    record = await broker.get(ids[2])
+    assert record is not None
+    assert (record.state, record.status, record.error) == (
+        JobState.FAILED,
+        Status.UNAVAILABLE,
+        "Unavailable: later",
+    )
+    assert record.run_at is not None
+
+
+async def test_renew_reports_revoked_leases_but_not_ones_its_holder_settled(
+    broker: RedisBroker,
+) -> None:
+    await broker.enqueue_many([Job("x"), Job("x")])
+    done, expiring = await broker.claim(["default"], 2, lease=0.2, max_retries=3)
+    assert await broker.settle([Outcome(done, JobState.SUCCEEDED, Status.SUCCESS)]) == [True]
+    # the lease of `expiring` lapses, and a claim takes the job back (revoking the lease)
+    again = await claim_one(broker, lease=30.0)
+    assert again.id == expiring.id and again.token != expiring.token
+    assert await broker.renew([done, expiring, again], lease=30.0) == {expiring.id: "lost"}
+
+
+async def test_a_cancelled_running_job_reports_cancelled_even_without_retention(
+    open_redis: OpenRedis,
+) -> None:
+    broker = await open_redis(retention=0)
+    job_id = await broker.enqueue(Job("x"))
+    delivery = await claim_one(broker, lease=30.0)
+    assert await broker.cancel(job_id) is True
+    # the record outlives the lease so the consumer learns why, then is cleaned up
+    assert await broker.renew([delivery], lease=30.0) == {job_id: "cancelled"}
+    assert (await broker.stats())["default"].running == 0
+
+
+async def test_retention_cleanup_deletes_the_records(open_redis: OpenRedis) -> None:
+    broker = await open_redis(retention=0.05)
+    ids = await broker.enqueue_many([Job("x"), Job("x")])
+    deliveries = await broker.claim(["default"], 2, lease=30.0, max_retries=3)
+    outcomes = [Outcome(d, JobState.SUCCEEDED, Status.SUCCESS) for d in deliveries]
+    assert await broker.settle(outcomes) == [True, True]
+    assert await broker.get(ids[0]) is not None
+
+    async def deleted() -> bool:
+        # cleanup runs inside claim, at most every 2 s (the lock key's lifetime)
+        await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+        return all([await broker.get(job_id) is None for job_id in ids])
+
+    await until(deleted, 10.0, "records past retention deleted")
+    assert (await broker.stats())["default"].succeeded == 0
+    keys = await _keys(broker)
+    assert not [k for k in keys if ":job:" in k or ":succeeded:" in k]
+
+
+async def test_a_record_whose_payload_is_not_a_job_still_has_a_record(
+    broker: RedisBroker,
+) -> None:
+    job_id = await broker.enqueue(Job("x", {"a": 1}))
+    await broker._client.hset(f"{broker._p}job:{job_id}", "payload", b"\xff{oops")
+    record = await broker.get(job_id)
+    assert record is not None and (record.handler, record.args) == ("x", {})
+    [delivery] = await broker.claim(["default"], 5, lease=30.0, max_retries=3)
+    assert (delivery.id, delivery.job, delivery.attempt) == (job_id, None, 1)
+    assert delivery.error and "undecodable" in delivery.error
+
+
+# ---------------------------------------------------------------------------------------
+# waiting
+# ---------------------------------------------------------------------------------------
+async def test_wait_wakes_on_work_from_another_connection(open_redis: OpenRedis) -> None:
+    consumer = await open_redis()
+    producer = await open_redis(consumer.prefix)
+    assert await consumer.claim(["q"], 10, lease=30.0, max_retries=3) == []
+    waiting = asyncio.create_task(consumer.wait(["q"], 30.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await producer.enqueue(Job("x", queue="other"))  # not a queue it waits on
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    t0 = time.monotonic()
+    await producer.enqueue(Job("x", queue="q"))
+    await asyncio.wait_for(waiting, 5.0)
+    assert time.monotonic() - t0 < 1.0
+    # work that is already there: wait returns at once
+    await asyncio.wait_for(consumer.wait(["q"], 30.0), 1.0)
+
+
+async def test_wait_sleeps_until_the_next_due_time(broker: RedisBroker) -> None:
+    await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    await broker.enqueue(Job("x"), delay=0.3)
+    t0 = time.monotonic()
+    while not await broker.claim(["default"], 1, lease=30.0, max_retries=3):
+        await broker.wait(["default"], 30.0)
+    took = time.monotonic() - t0
+    assert 0.25 <= took < 5.0
+    # nothing due at all: the timeout bounds the wait
+    await broker.claim(["empty"], 1, lease=30.0, max_retries=3)
+    await broker.wait(["empty"], 0)  # takes the wake-up our own claim's promotion published
+    t0 = time.monotonic()
+    await broker.wait(["empty"], 0.1)
+    assert 0.08 <= time.monotonic() - t0 < 2.0
+
+
+async def test_wait_and_claim_validate_arguments(broker: RedisBroker) -> None:
+    with pytest.raises(TypeError, match="queues"):
+        await broker.wait("default", 1.0)
+    with pytest.raises(ValueError, match="queues"):
+        await broker.claim([], 1, lease=30.0, max_retries=3)
+    with pytest.raises(ValueError, match="lease"):
+        await broker.claim(["default"], 1, lease=0, max_retries=3)
+    with pytest.raises(ValueError, match="limit"):
+        await broker.claim(["default"], -1, lease=1.0, max_retries=3)
+    assert await broker.claim(["default"], 0, lease=1.0, max_retries=3) == []
+    await broker.enqueue(Job("x"))
+    [leased] = await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    with pytest.raises(ValueError, match="state"):
+        await broker.settle([Outcome(leased, JobState.RUNNING)])
+    with pytest.raises(TypeError, match="Job"):
+        await broker.enqueue("x")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# a restart of the server
+# ---------------------------------------------------------------------------------------
+async def test_a_redis_restart_while_consuming_loses_nothing(
+    open_redis: OpenRedis, redis_server: RedisServer
+) -> None:
+    consumer_broker = await open_redis()
+    producer = await open_redis(consumer_broker.prefix)
+    ran: list[str] = []
+    worker = Worker()
+
+    @worker.handler("record")
+    async def record(job: Job) -> None:
+        await asyncio.sleep(0.001)
+        ran.append(job.id)
+
+    before = [Job("record") for _ in range(300)]
+    scheduled = Job("record")
+    await producer.enqueue_many(before)
+    await producer.enqueue(scheduled, delay=1.0)
+    async with consuming(worker, consumer_broker, concurrency=10):
+        await until(lambda: _at_least(ran, 50), 20.0, "some jobs run")
+        # When the server restarts (a clean shutdown: the append-only file is complete)
+        await asyncio.to_thread(redis_server.restart)
+        # Then both connections come back by themselves and nothing is lost
+        after = [Job("record") for _ in range(100)]
+        await producer.enqueue_many(after)
+        for job in [*before, scheduled, *after]:
+            await record_in(producer, job.id, [JobState.SUCCEEDED], timeout=30.0)
+        # and wake-ups work again: an idle consumer starts new work at once
+        t0 = time.monotonic()
+        last = await producer.enqueue(Job("record"))
+        await until(lambda: _contains(ran, last), 10.0, "a job after the restart")
+        assert time.monotonic() - t0 < 1.0
+    assert set(ran) >= {job.id for job in [*before, scheduled, *after]}
+    stats = (await producer.stats())["default"]
+    assert (stats.succeeded, stats.queued, stats.running, stats.dead) == (402, 0, 0, 0)
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
+
+
+async def _contains(items: list[str], item: str) -> bool:
+    return item in items
+
+
+async def test_a_producer_reconnects_after_a_restart(
+    open_redis: OpenRedis, redis_server: RedisServer
+) -> None:
+    broker = await open_redis()
+    job_id = await broker.enqueue(Job("x", {"kept": True}))
+    await asyncio.to_thread(redis_server.restart)
+    record = await broker.get(job_id)  # the pooled connection was closed: a new one is made
+    assert record is not None and record.args == {"kept": True}
+    assert (await claim_one(broker)).id == job_id
