@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/pywork demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -1,0 +1,239 @@
+"""The ``pywork`` console script, driven for real in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servers import RedisServer, free_port
+
+APP = textwrap.dedent(
+    """
+    import asyncio, os, pathlib
+    from pywork import Worker
+
+    worker = Worker(name="cli-test")
+    out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
+
+    @worker.handler("echo")
+    async def echo(job):
+        (out / job.id).write_text(str(job.args.get("n")))
+
+    @worker.handler("slow")
+    async def slow(job):
+        (out / f"started-{job.id}").write_text("")
+        await asyncio.sleep(job.args.get("seconds", 1.0))
+        (out / job.id).write_text("done")
+    """
+)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Cli:
+    """Runs ``python -m pywork`` with the test app importable and a broker set."""
+
+    def __init__(self, tmp_path: Path, broker: str) -> None:
+        (tmp_path / "cliapp.py").write_text(APP)
+        self.out = tmp_path / "out"
+        self.out.mkdir()
+        self.cwd = tmp_path
+        self.env = {
+            **os.environ,
+            "PYWORK_BROKER": broker,
+            "PYWORK_TEST_OUT": str(self.out),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pywork", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pywork", *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def enqueue(self, handler: str, payload: dict[str, object]) -> str:
+        done = self.run("enqueue", handler, "--args", json.dumps(payload))
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def status(self, job_id: str) -> dict[str, object]:
+        done = self.run("status", job_id)
+        assert done.returncode == 0, done.stderr
+        record: dict[str, object] = json.loads(done.stdout)
+        return record
+
+
+Procs = list[subprocess.Popen[str]]
+
+
+@pytest.fixture
+def stop_all() -> Iterator[Procs]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
+    if request.param == "sqlite":
+        return Cli(tmp_path, f"sqlite:///{tmp_path / 'cli.db'}")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return Cli(tmp_path, f"{server.url}?prefix=cli{os.getpid()}{time.monotonic_ns()}")
+
+
+def test_enqueue_worker_status_round_trip(cli: Cli, stop_all: Procs) -> None:
+    job_id = cli.enqueue("echo", {"n": 7})
+    assert len(job_id) == 32
+    assert cli.status(job_id)["state"] == "queued"
+    worker = cli.start("worker", "cliapp:worker", "--concurrency", "4")
+    stop_all.append(worker)
+    wait_until(lambda: (cli.out / job_id).exists(), 30, "the job to run")
+    wait_until(lambda: cli.status(job_id)["state"] == "succeeded", 30, "the record to settle")
+    record = cli.status(job_id)
+    assert record["status"] == 200 and record["attempts"] == 1
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output
+    banner = output.splitlines()[0]
+    assert "pywork" in banner and "queues=default" in banner and "echo" in banner
+
+
+def test_sigterm_drains_running_job(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'drain.db'}")
+    job_id = cli.enqueue("slow", {"seconds": 1.0})
+    worker = cli.start("worker", "cliapp:worker", "--drain-timeout", "10")
+    stop_all.append(worker)
+    wait_until(lambda: (cli.out / f"started-{job_id}").exists(), 30, "the slow job to start")
+    began = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output
+    assert time.monotonic() - began < 10
+    assert (cli.out / job_id).read_text() == "done"
+    assert cli.status(job_id)["state"] == "succeeded"
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_processes_restart_killed_child(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'procs.db'}")
+    ids = [cli.enqueue("slow", {"seconds": 0.05}) for _ in range(3)]
+    supervisor = cli.start("worker", "cliapp:worker", "--processes", "2", "--lease", "2")
+    stop_all.append(supervisor)
+    wait_until(lambda: len(_children(supervisor.pid)) == 2, 30, "two child processes")
+    victim = _children(supervisor.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: len(_children(supervisor.pid)) == 2 and victim not in _children(supervisor.pid),
+        30,
+        "the supervisor to replace the killed child",
+    )
+    ids += [cli.enqueue("echo", {"n": n}) for n in range(20)]
+    wait_until(lambda: all((cli.out / i).exists() for i in ids), 60, "every job to run")
+    supervisor.send_signal(signal.SIGTERM)
+    output, _ = supervisor.communicate(timeout=30)
+    assert supervisor.returncode == 0, output
+    assert "restarting" in output
+
+
+def test_http_serves_metrics_and_ready(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'http.db'}")
+    job_id = cli.enqueue("echo", {"n": 1})
+    port = free_port()
+    worker = cli.start("worker", "cliapp:worker", "--http", f"127.0.0.1:{port}")
+    stop_all.append(worker)
+    wait_until(lambda: (cli.out / job_id).exists(), 30, "the job to run")
+
+    def scraped() -> bool:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        return 'code="200"' in text and 'handler="echo"' in text
+
+    wait_until(scraped, 30, "/metrics to count the job")
+    ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+    assert ready.status_code == 200 and ready.text == "OK"
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=30)
+    assert worker.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "nosuchmodule:worker"], "cannot import module 'nosuchmodule'"),
+        (["worker", "cliapp"], "module:attribute"),
+        (["worker", "cliapp:nope"], "has no attribute 'nope'"),
+        (["enqueue", "echo", "--args", "{bad"], "--args is not valid JSON"),
+        (["enqueue", "echo", "--args", "[1]"], "must be a JSON object"),
+        (["queues", "--broker", "ftp://x"], "supported schemes"),
+        (["queues", "--broker", "redis://127.0.0.1:1/0"], "127.0.0.1:1"),
+        (["enqueue", "echo", "--delay", "-1"], "expected seconds >= 0"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'usage.db'}")
+    done = cli.run(*args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_queues_and_dead_letters(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'dead.db'}")
+    cli.enqueue("echo", {"n": 1})
+    table = cli.run("queues")
+    assert table.returncode == 0 and "default" in table.stdout and "queued" in table.stdout
+    listed = cli.run("dead", "list")
+    assert listed.returncode == 0 and listed.stdout == ""
+    purged = cli.run("dead", "purge")
+    assert purged.returncode == 0 and "purged 0" in purged.stdout
+    missing = cli.run("dead", "retry", "0" * 32)
+    assert missing.returncode == 1
+
+
+def test_demo_completes_and_prints_summary(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, "memory://")
+    done = cli.run("demo", "--jobs", "400", timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "pywork demo: summary" in done.stdout
+    assert "state succeeded" in done.stdout and "state dead" in done.stdout
+    assert "runs/s" in done.stdout
