@@ -81,27 +81,31 @@ local function jkey(id) return P .. 'job:' .. id end
 
 local function wake(queue) redis.call('PUBLISH', P .. 'wake', queue) end
 
--- sorted-set writes batched per key, sent by flush() in chunks (one call per key and chunk
--- instead of one per job)
+-- sorted-set writes batched per key (P .. kind .. ':' .. queue), sent by flush() in
+-- chunks: one call per key and chunk instead of one per job
 local pending, pending_order = {}, {}
-local function later(op, key, score, id)
-  local name = op .. ' ' .. key
-  local batch = pending[name]
+local function later(op, kind, queue, score, id)
+  local by_kind = pending[op .. kind]
+  if not by_kind then
+    by_kind = {}
+    pending[op .. kind] = by_kind
+  end
+  local batch = by_kind[queue]
   if not batch then
-    batch = {op = op, key = key, n = 0}
-    pending[name] = batch
-    pending_order[#pending_order + 1] = name
+    batch = {op = op, key = P .. kind .. ':' .. queue, n = 0}
+    by_kind[queue] = batch
+    pending_order[#pending_order + 1] = batch
   end
+  local n = batch.n
   if op == 'ZADD' then
-    batch[batch.n + 1] = score
-    batch.n = batch.n + 1
+    batch[n + 1] = score
+    n = n + 1
   end
-  batch[batch.n + 1] = id
-  batch.n = batch.n + 1
+  batch[n + 1] = id
+  batch.n = n + 1
 end
 local function flush()
-  for _, name in ipairs(pending_order) do
-    local batch = pending[name]
+  for _, batch in ipairs(pending_order) do
     local step = batch.op == 'ZADD' and 1000 or 500
     for i = 1, batch.n, step do
       redis.call(batch.op, batch.key, unpack(batch, i, math.min(i + step - 1, batch.n)))
@@ -118,7 +122,7 @@ local function make_ready(id, queue, seq)
     woken[queue] = true
     if redis.call('ZCARD', rk) == 0 then wake(queue) end
   end
-  later('ZADD', rk, seq, id)
+  later('ZADD', 'ready', queue, seq, id)
 end
 
 -- add to a time-ordered set, waking waiting consumers when it becomes the earliest
@@ -145,16 +149,25 @@ local function finish(jk, id, queue, state, status, err, keep_until, f)
     redis.call('DEL', jk)
     return
   end
-  local fields = {'HSET', jk, 'state', state, 'fin', NOW}
-  if status ~= '' then fields[#fields + 1] = 'status'; fields[#fields + 1] = status end
-  if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
-  redis.call(unpack(fields))
-  if err == '' and f[2] then redis.call('HDEL', jk, 'error') end
+  if err ~= '' then
+    if status ~= '' then
+      redis.call('HSET', jk, 'state', state, 'fin', NOW, 'status', status, 'error', err)
+    else
+      redis.call('HSET', jk, 'state', state, 'fin', NOW, 'error', err)
+    end
+  else
+    if status ~= '' then
+      redis.call('HSET', jk, 'state', state, 'fin', NOW, 'status', status)
+    else
+      redis.call('HSET', jk, 'state', state, 'fin', NOW)
+    end
+    if f[2] then redis.call('HDEL', jk, 'error') end
+  end
   if f[3] then redis.call('HDEL', jk, 'run') end
   if state == 'dead' then
-    later('ZADD', P .. 'dead:' .. queue, NOW, id)
+    later('ZADD', 'dead', queue, NOW, id)
   else
-    later('ZADD', P .. state .. ':' .. queue, math.max(NOW, keep_until - RET), id)
+    later('ZADD', state, queue, math.max(NOW, keep_until - RET), id)
   end
 end
 
@@ -275,7 +288,7 @@ return cjson.encode(out)
 
 # ARGV[3] = claim id, ARGV[4] = limit, ARGV[5] = lease ms, ARGV[6] = default max_retries,
 # ARGV[7] = nq, queues. Returns one string: per claimed job
-# "<len(id)>:<id><token>:<attempts>:<len(payload)>:<payload>" (one bulk reply parses much
+# "<len(id)>:<id><token - 1>:<attempts - 1>:<len(payload)>:<payload>" (one bulk reply parses much
 # faster than an array of 4 * limit elements). The leases are remembered for a minute
 # under the claim id, so that a call retried after a lost reply returns the same jobs
 # instead of leaving them leased to nobody until their lease expires.
@@ -287,9 +300,10 @@ if prior then
   for _, lease in ipairs(cjson.decode(prior)) do
     local id, token = lease[1], lease[2]
     local f = redis.call('HMGET', jkey(id), 'state', 'payload', 'attempts', 'lease')
-    if f[1] == 'running' and f[4] == token then
+    if f[1] == 'running' and tonumber(f[4]) == tonumber(token) + 1 then
       local payload = f[2] or ''
-      out[#out + 1] = #id .. ':' .. id .. token .. ':' .. f[3] .. ':' .. #payload .. ':' .. payload
+      out[#out + 1] = #id .. ':' .. id .. token .. ':' .. (tonumber(f[3]) - 1) .. ':' ..
+        #payload .. ':' .. payload
     end
   end
   return table.concat(out)
@@ -304,10 +318,10 @@ for _, queue in ipairs(queues) do
   promote(queue)
 end
 flush()
-local picked = {}
+local ids, from = {}, {}
 if nq == 1 then
   local r = redis.call('ZPOPMIN', P .. 'ready:' .. queues[1], limit)
-  for i = 1, #r, 2 do picked[#picked + 1] = {r[i], queues[1]} end
+  for i = 1, #r, 2 do ids[#ids + 1] = r[i] end
 else
   local candidates = {}
   for _, queue in ipairs(queues) do
@@ -317,26 +331,38 @@ else
   table.sort(candidates, function(a, b) return a[1] < b[1] end)
   for i = 1, math.min(limit, #candidates) do
     local c = candidates[i]
-    later('ZREM', P .. 'ready:' .. c[3], nil, c[2])
-    picked[#picked + 1] = {c[2], c[3]}
+    later('ZREM', 'ready', c[3], nil, c[2])
+    ids[i], from[i] = c[2], c[3]
   end
 end
-local out, leased = {}, {}
+-- the hot loop: two calls per job, and the reply carries the attempts and token as they
+-- were (strings, no number formatting here): the client adds one to each
+local out, leased, running = {}, {}, {}
 local deadline = NOW + lease
+local JP = P .. 'job:'
 local n = 0
-for _, p in ipairs(picked) do
-  local id, queue = p[1], p[2]
-  local jk = jkey(id)
+for i = 1, #ids do
+  local id = ids[i]
+  local jk = JP .. id
   local f = redis.call('HMGET', jk, 'state', 'payload', 'attempts', 'lease')
   if f[1] == 'queued' then
-    local attempts = (tonumber(f[3]) or 0) + 1
-    local token = (tonumber(f[4]) or 0) + 1
-    redis.call('HSET', jk, 'state', 'running', 'start', NOW, 'attempts', attempts, 'lease', token)
-    later('ZADD', P .. 'running:' .. queue, deadline, id)
+    local attempts, token = f[3] or '0', f[4] or '0'
+    redis.call('HSET', jk, 'state', 'running', 'start', NOW,
+      'attempts', tonumber(attempts) + 1, 'lease', tonumber(token) + 1)
+    local queue = from[i] or queues[1]
+    local rz = running[queue]
+    if not rz then rz = {}; running[queue] = rz end
+    rz[#rz + 1] = deadline
+    rz[#rz + 1] = id
     local payload = f[2] or ''
     n = n + 1
     out[n] = #id .. ':' .. id .. token .. ':' .. attempts .. ':' .. #payload .. ':' .. payload
-    leased[n] = {id, token .. ''}
+    leased[n] = {id, token}
+  end
+end
+for queue, rz in pairs(running) do
+  for i = 1, #rz, 1000 do
+    redis.call('ZADD', P .. 'running:' .. queue, unpack(rz, i, math.min(i + 999, #rz)))
   end
 end
 flush()
@@ -378,7 +404,7 @@ for _, lease in ipairs(cjson.decode(ARGV[4])) do
     out[#out + 1] = id
     out[#out + 1] = 'lost'
   elseif f[1] == 'running' then
-    later('ZADD', P .. 'running:' .. f[3], deadline, id)
+    later('ZADD', 'running', f[3], deadline, id)
   elseif f[1] == 'cancelled' then
     out[#out + 1] = id
     out[#out + 1] = 'cancelled'
@@ -404,7 +430,7 @@ for _, o in ipairs(cjson.decode(ARGV[3])) do
     out[#out + 1] = '0'
   else
     local queue = f[3]
-    later('ZREM', P .. 'running:' .. queue, nil, id)
+    later('ZREM', 'running', queue, nil, id)
     if state == 'failed' then
       local at = NOW + tonumber(retry)
       local fields = {'HSET', jk, 'state', 'failed', 'run', at}
@@ -594,10 +620,10 @@ def _parse_claimed(data: bytes) -> list[Delivery]:
         pos = start + int(data[pos:colon])
         job_id = data[start:pos].decode()
         colon = data.index(b":", pos)
-        token = data[pos:colon].decode()
+        token = str(int(data[pos:colon]) + 1)
         pos = colon + 1
         colon = data.index(b":", pos)
-        attempt = int(data[pos:colon])
+        attempt = int(data[pos:colon]) + 1
         pos = colon + 1
         colon = data.index(b":", pos)
         start = colon + 1
