@@ -297,8 +297,9 @@ local ck = P .. 'claim:' .. ARGV[3]
 local prior = redis.call('GET', ck)
 if prior then
   local out = {}
-  for _, lease in ipairs(cjson.decode(prior)) do
-    local id, token = lease[1], lease[2]
+  local leased = cjson.decode(prior)
+  for i = 1, #leased, 2 do
+    local id, token = leased[i], leased[i + 1]
     local f = redis.call('HMGET', jkey(id), 'state', 'payload', 'attempts', 'lease')
     if f[1] == 'running' and tonumber(f[4]) == tonumber(token) + 1 then
       local payload = f[2] or ''
@@ -357,7 +358,8 @@ for i = 1, #ids do
     local payload = f[2] or ''
     n = n + 1
     out[n] = #id .. ':' .. id .. token .. ':' .. attempts .. ':' .. #payload .. ':' .. payload
-    leased[n] = {id, token}
+    leased[2 * n - 1] = id
+    leased[2 * n] = token
   end
 end
 for queue, rz in pairs(running) do
@@ -389,7 +391,7 @@ end
 return best
 """
 
-# ARGV[3] = lease ms, ARGV[4] = JSON [[id, token], ...]. Returns id, reason pairs for
+# ARGV[3] = lease ms, ARGV[4] = JSON [id, token, id, token, ...]. Returns id, reason pairs for
 # the leases not held: "cancelled" (same token, state cancelled) or "lost" (the token was
 # revoked or the record is gone). A lease that its holder's own settle ended (same token,
 # another state) is not reported: nothing was lost, and its consumer may simply not have
@@ -397,8 +399,9 @@ return best
 _RENEW = """
 local deadline = NOW + tonumber(ARGV[3])
 local out = {}
-for _, lease in ipairs(cjson.decode(ARGV[4])) do
-  local id, token = lease[1], lease[2]
+local leases = cjson.decode(ARGV[4])
+for i = 1, #leases, 2 do
+  local id, token = leases[i], leases[i + 1]
   local f = redis.call('HMGET', jkey(id), 'state', 'lease', 'queue')
   if f[2] ~= token then
     out[#out + 1] = id
@@ -414,14 +417,17 @@ flush()
 return out
 """
 
-# ARGV[3] = JSON [[id, token, state, status, error, retry_in ms], ...].
+# ARGV[3] = JSON [id, token, state, status, error, retry_in ms, id, ...] (flat: no table
+# per outcome).
 # Returns a string of "1" (applied) or "0", one per outcome. Idempotent: the lease token
 # changes whenever a lease is revoked, so a job still holding the token in the outcome's
 # state was settled by an earlier try of this very call.
 _SETTLE = """
 local out = {}
-for _, o in ipairs(cjson.decode(ARGV[3])) do
-  local id, token, state, status, err, retry = unpack(o)
+local o = cjson.decode(ARGV[3])
+for b = 1, #o, 6 do
+  local id, token, state = o[b], o[b + 1], o[b + 2]
+  local status, err, retry = o[b + 3], o[b + 4], o[b + 5]
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
   if f[2] == token and f[1] == state then
@@ -1032,7 +1038,7 @@ class RedisBroker:
         lease = duration(lease, "lease", allow_zero=False)
         if not deliveries:
             return {}
-        packed = _encoder.encode([(delivery.id, delivery.token) for delivery in deliveries])
+        packed = _encoder.encode([part for d in deliveries for part in (d.id, d.token)])
         flat = await self._run(self._renew, [_ms(lease), packed], idempotent=True)
         return {flat[i].decode(): _REASONS[flat[i + 1]] for i in range(0, len(flat), 2)}
 
@@ -1047,7 +1053,7 @@ class RedisBroker:
         """
         if not outcomes:
             return []
-        rows: list[tuple[str, str, str, str, str, int]] = []
+        rows: list[str | int] = []
         for outcome in outcomes:
             if outcome.state not in _CHECK_STATES:
                 raise ValueError(
@@ -1055,15 +1061,13 @@ class RedisBroker:
                     f"got {outcome.state!r}"
                 )
             retry_in = optional_duration(outcome.retry_in, "retry_in") or 0.0
-            rows.append(
-                (
-                    outcome.delivery.id,
-                    outcome.delivery.token,
-                    _STATE_ARG[outcome.state],
-                    "" if outcome.status is None else str(int(outcome.status)),
-                    outcome.error or "",
-                    _ms(retry_in),
-                )
+            rows += (
+                outcome.delivery.id,
+                outcome.delivery.token,
+                _STATE_ARG[outcome.state],
+                "" if outcome.status is None else str(int(outcome.status)),
+                outcome.error or "",
+                _ms(retry_in),
             )
         applied: bytes = await self._run(self._settle, [_encoder.encode(rows)], idempotent=True)
         return [flag == 49 for flag in applied]  # b"1"
