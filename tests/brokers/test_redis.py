@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -122,12 +123,24 @@ async def test_a_broker_on_a_given_client_leaves_the_client_open(
 # ---------------------------------------------------------------------------------------
 # enqueue / claim / settle details
 # ---------------------------------------------------------------------------------------
-async def test_enqueueing_the_same_job_twice_stores_it_once(broker: RedisBroker) -> None:
+async def test_a_duplicate_id_is_refused_but_an_enqueue_retried_after_a_lost_reply_is_not(
+    broker: RedisBroker,
+) -> None:
     job = Job("x", {"n": 1})
     assert await broker.enqueue(job) == job.id
-    assert await broker.enqueue(job) == job.id  # e.g. a retried request
-    assert await broker.enqueue_many([job, job]) == [job.id, job.id]
-    assert (await broker.stats())["default"].queued == 1
+    with pytest.raises(ValueError, match="already stored"):
+        await broker.enqueue(job)
+    other = Job("x")
+    with pytest.raises(ValueError, match="already stored"):
+        await broker.enqueue_many([other, job])
+    with pytest.raises(ValueError, match="already stored"):
+        await broker.enqueue_many([other, other])
+    assert await broker.get(other.id) is None
+    # what enqueue does when its connection fails: it tries again, taking stored ids as its own
+    packed = msgspec.json.encode([broker._job_args(other, None, None)])
+    assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
+    assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
+    assert (await broker.stats())["default"].queued == 2
 
 
 async def test_large_batches_claim_and_settle_in_one_call_each_in_order(

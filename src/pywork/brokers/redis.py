@@ -232,9 +232,21 @@ end
 """
 
 # ARGV[3] = JSON [[id, queue, payload, handler, key, mr, when], ...]
-# (when: "" = now, "d<ms>" = after a delay, "a<epoch ms>" = at). Returns the ids as JSON.
+# (when: "" = now, "d<ms>" = after a delay, "a<epoch ms>" = at), ARGV[4] = "1" to refuse
+# ids already stored (the first try of a call; a retry after a lost reply takes a stored
+# id as its own). Returns the ids as JSON, or {"duplicate": id} having stored nothing.
 _ENQUEUE = """
 local jobs = cjson.decode(ARGV[3])
+if ARGV[4] == '1' then
+  local seen = {}
+  for _, job in ipairs(jobs) do
+    local id = job[1]
+    if seen[id] or redis.call('EXISTS', jkey(id)) == 1 then
+      return cjson.encode({duplicate = id})
+    end
+    seen[id] = true
+  end
+end
 local out = {}
 local seq = next_seq(#jobs)
 local known = {}
@@ -846,23 +858,33 @@ class RedisBroker:
 
         return f"<RedisBroker {mask_url(self.url)}>"
 
-    async def _run(self, script: Any, args: list[Any], *, idempotent: bool = False) -> Any:
-        """Run a script. An idempotent one is retried, over a few seconds, when the
-        connection fails: its reply may have been lost after it ran (a server restart)."""
+    async def _run(
+        self,
+        script: Any,
+        args: list[Any],
+        *,
+        idempotent: bool = False,
+        retry: list[Any] | None = None,
+    ) -> Any:
+        """Run a script. An idempotent one is retried (with `retry` as its arguments, if
+        given) over a few seconds when the connection fails: its reply may have been lost
+        after it ran (a server restart)."""
         if self._closed:
             raise RuntimeError("this RedisBroker is closed")
-        args = [self._p, self._retention_ms, *args]
+        full = [self._p, self._retention_ms, *args]
         if not idempotent:
-            return await script(keys=self._keys, args=args)
+            return await script(keys=self._keys, args=full)
         for delay in _RETRY_DELAYS:
             try:
-                return await script(keys=self._keys, args=args)
+                return await script(keys=self._keys, args=full)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if self._closed:
                     raise
                 logger.debug("redis call failed (%s); retrying in %.2fs", exc, delay)
             await asyncio.sleep(delay)
-        return await script(keys=self._keys, args=args)
+            if retry is not None:
+                full = [self._p, self._retention_ms, *retry]
+        return await script(keys=self._keys, args=full)
 
     # producer side ------------------------------------------------------------------
     def _job_args(self, job: Job, at: datetime | None, delay: float | None) -> list[str]:
@@ -884,8 +906,7 @@ class RedisBroker:
     ) -> str:
         """Store `job` and return its id, or the id of the live job holding its key.
 
-        Also returns at once, storing nothing, when a job with the same id is already
-        stored. Durable once it returns as far as the server's ``appendfsync`` allows.
+        Durable once it returns as far as the server's ``appendfsync`` allows.
 
         Args:
             job: the job.
@@ -894,7 +915,7 @@ class RedisBroker:
 
         Raises:
             TypeError: `job` is not a Job, `at` not a datetime or `delay` not a duration.
-            ValueError: both `at` and `delay`, or a negative `delay`.
+            ValueError: both `at` and `delay`, a negative `delay`, or a duplicate job id.
             SerializationError: the args or headers are not plain JSON (nothing is stored).
         """
         if at is not None and delay is not None:
@@ -903,9 +924,7 @@ class RedisBroker:
             raise TypeError(f"at must be a datetime or None, got {at!r}")
         delay = optional_duration(delay, "delay")
         packed = _encoder.encode([self._job_args(job, at, delay)])
-        reply = await self._run(self._enqueue, [packed], idempotent=True)
-        ids: list[str] = _decoder.decode(reply)
-        return ids[0]
+        return (await self._store(packed))[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         """Store `jobs` atomically in one round trip (every job is encoded first).
@@ -915,6 +934,7 @@ class RedisBroker:
 
         Raises:
             TypeError: `jobs` is not a sequence of Jobs.
+            ValueError: the same id twice, or an id already stored (nothing is stored).
             SerializationError: a job cannot be encoded; nothing is stored.
         """
         if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
@@ -922,8 +942,13 @@ class RedisBroker:
         if not jobs:
             return []
         packed = _encoder.encode([self._job_args(job, None, None) for job in jobs])
-        reply = await self._run(self._enqueue, [packed], idempotent=True)
-        ids: list[str] = _decoder.decode(reply)
+        return await self._store(packed)
+
+    async def _store(self, packed: bytes) -> list[str]:
+        reply = await self._run(self._enqueue, [packed, 1], idempotent=True, retry=[packed, 0])
+        ids: list[str] | dict[str, str] = _decoder.decode(reply)
+        if isinstance(ids, dict):
+            raise ValueError(f"a job with id {ids['duplicate']!r} is already stored")
         return ids
 
     async def get(self, job_id: str) -> JobRecord | None:
