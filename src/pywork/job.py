@@ -154,7 +154,6 @@ class Context:
         self,
         job: Job,
         worker: Worker | None = None,
-        *,
         attempt: int = 1,
         worker_number: int | None = None,
     ) -> None:
