@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from support import claim_one, consuming, record_in, until
 
@@ -20,6 +21,7 @@ import pywork
 from pywork import Job, JobState, Status, Worker
 from pywork.brokers import Broker, Outcome
 from pywork.brokers.redis import RedisBroker
+from pywork.encoding import encode_job
 from servers import RedisServer, free_port
 
 OpenRedis = Callable[..., Awaitable[RedisBroker]]
@@ -141,6 +143,34 @@ async def test_a_duplicate_id_is_refused_but_an_enqueue_retried_after_a_lost_rep
     assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
     assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
     assert (await broker.stats())["default"].queued == 2
+
+
+async def test_payloads_come_back_byte_for_byte(broker: RedisBroker) -> None:
+    # (payloads travel inside a JSON argument to the scripts: escapes must survive)
+    args = {
+        "text": 'é\u0000"\\/\n\t😀\u2028',
+        "numbers": [1e20, 2**63 - 1, -0.0, 1.5e-300, 12345678901234567890],
+        "nested": {"a": [{"b": None, "c": True}], "": "empty key"},
+    }
+    job = Job("x", args, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    await broker.enqueue_many([job])
+    [delivery] = await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    assert delivery.job is not None
+    assert delivery.job.args == args and delivery.job.headers == job.headers
+    stored = await broker._client.hget(f"{broker._p}job:{job.id}", "payload")
+    assert stored == encode_job(job)
+    record = await broker.get(job.id)
+    assert record is not None and record.args == args
+
+
+async def test_enqueue_carries_the_current_trace_context(broker: RedisBroker) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("request") as span:
+        job_id = await broker.enqueue(Job("x"))
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    [delivery] = await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    assert delivery.id == job_id and delivery.job is not None
+    assert trace_id in delivery.job.headers["traceparent"]
 
 
 async def test_large_batches_claim_and_settle_in_one_call_each_in_order(

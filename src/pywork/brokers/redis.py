@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -301,7 +301,7 @@ return cjson.encode(out)
 # ARGV[3] = claim id, ARGV[4] = limit, ARGV[5] = lease ms, ARGV[6] = default max_retries,
 # ARGV[7] = nq, queues. Returns one string: per claimed job
 # "<len(id)>:<id><token - 1>:<attempts - 1>:<len(payload)>:<payload>" (one bulk reply parses much
-# faster than an array of 4 * limit elements). The leases are remembered for a minute
+# faster than an array of 4 * limit elements). The leases are remembered for 10 s
 # under the claim id, so that a call retried after a lost reply returns the same jobs
 # instead of leaving them leased to nobody until their lease expires.
 _CLAIM = """
@@ -380,7 +380,7 @@ for queue, rz in pairs(running) do
   end
 end
 flush()
-if n > 0 then redis.call('SET', ck, cjson.encode(leased), 'PX', 60000) end
+if n > 0 then redis.call('SET', ck, cjson.encode(leased), 'PX', 10000) end
 return table.concat(out)
 """
 
@@ -655,12 +655,21 @@ def _parse_claimed(data: bytes) -> list[Delivery]:
     return deliveries
 
 
+_injector: list[Callable[[Job], None] | None] = []  # [inject] or [None], once looked up
+
+
 def _inject_trace(job: Job) -> None:
-    try:
-        from pywork.tracing import inject  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    inject(job)
+    """Put the current trace context in ``job.headers`` (when pywork.tracing is there)."""
+    if not _injector:
+        try:
+            from pywork.tracing import inject  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            _injector.append(None)
+        else:
+            _injector.append(inject)
+    inject_ = _injector[0]
+    if inject_ is not None:
+        inject_(job)
 
 
 def _check_queues(queues: Sequence[str]) -> list[str]:
