@@ -1,6 +1,6 @@
 """The consume loop behind :meth:`Worker.consume`: at-least-once execution of durable jobs.
 
-One :class:`Consumer` runs three tasks, all owned and awaited by :meth:`Consumer.run`:
+One :class:`Consumer` runs four tasks, all owned and awaited by :meth:`Consumer.run`:
 
 - the **claimer** leases jobs with ``broker.claim`` in batches, never holding more than
   ``concurrency + prefetch`` jobs (running, leased-but-not-started, or finished and not
@@ -11,7 +11,12 @@ One :class:`Consumer` runs three tasks, all owned and awaited by :meth:`Consumer
   learns of cancellation (the run is cancelled) and of lost leases (the run's result
   will be dropped: fencing);
 - the **settler** buffers outcomes and settles them in batches (every few ms or every
-  few hundred outcomes).
+  few hundred outcomes);
+- the **ticker** (:func:`pywork.ticker.run_ticker`) fires the broker's due cluster
+  schedules, each tick once across every consumer (one compare-and-set per fire).
+
+Before its tasks start, a consumer declares the schedules recorded with
+:meth:`Worker.schedule <pywork.Worker.schedule>` (``broker.schedule``, idempotent).
 
 Broker errors (a restarting Redis or PostgreSQL) never crash the consumer: each call is
 retried with exponential backoff and logged; nothing is lost, because a job is only
@@ -33,14 +38,16 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pywork._durations import duration, positive_int
 from pywork.brokers.base import Broker, Delivery, JobState, Outcome
 from pywork.errors import JobError
 from pywork.status import Status
+from pywork.ticker import run_ticker
 
 if TYPE_CHECKING:
+    from pywork.brokers.base import ScheduleStore
     from pywork.schedule import Execution
     from pywork.worker import Worker
 
@@ -56,6 +63,8 @@ SETTLE_BATCH = 256
 SETTLE_DELAY = 0.002
 #: Backoff of retried broker calls after an error: first delay and cap, in seconds.
 ERROR_BACKOFF = (0.05, 2.0)
+#: Seconds a stopping consumer waits for a schedule fire in progress before cancelling it.
+TICKER_STOP_TIMEOUT = 5.0
 
 _SUCCESS = (Status.SUCCESS, Status.NO_RESPONSE)
 
@@ -176,6 +185,16 @@ class Consumer:
         self.worker = worker
         self.broker = broker
         self._logger = worker.logger
+        self._schedules: ScheduleStore | None = None
+        if callable(getattr(broker, "due_schedules", None)) and callable(
+            getattr(broker, "fire", None)
+        ):
+            self._schedules = cast("ScheduleStore", broker)
+        if worker._cluster_schedules and not callable(getattr(broker, "schedule", None)):
+            raise TypeError(
+                f"{type(broker).__name__} has no cluster schedules, but the worker declared "
+                f"{sorted(worker._cluster_schedules)} with Worker.schedule()"
+            )
         self._held: dict[str, _Lease] = {}  # job id -> lease, until settled or dropped
         self._pending: deque[_Lease] = deque()  # leased, not started
         self._running = 0
@@ -196,12 +215,19 @@ class Consumer:
         (they go back to the queue), settles what it holds and re-raises.
         """
         worker = self.worker
+        await self._declare_schedules()
         await worker.start()
         worker._stop_hooks.append(self._begin_stop)
         loop = asyncio.get_running_loop()
         claimer = loop.create_task(self._claim_loop(), name="pywork-consumer-claim")
         renewer = loop.create_task(self._renew_loop(), name="pywork-consumer-renew")
         settler = loop.create_task(self._settle_loop(), name="pywork-consumer-settle")
+        ticker = None
+        if self._schedules is not None:
+            ticker = loop.create_task(
+                run_ticker(self._schedules, self._stop_event, self._logger),
+                name="pywork-consumer-ticker",
+            )
         self._logger.info(
             "consuming %s from %s (concurrency %d, lease %gs)",
             ",".join(self.queues),
@@ -220,10 +246,37 @@ class Consumer:
                 await self._cancel_runs()
                 raise
             finally:
-                await self._finish(claimer, renewer, settler)
+                await self._finish(claimer, renewer, settler, ticker)
         finally:
             if self._begin_stop in worker._stop_hooks:
                 worker._stop_hooks.remove(self._begin_stop)
+
+    async def _declare_schedules(self) -> None:
+        """Declare the schedules recorded with Worker.schedule (idempotent upserts)."""
+        declared = list(self.worker._cluster_schedules.items())
+        if not declared:
+            return
+        store = cast("ScheduleStore", self.broker)
+        for name, (job, spec) in declared:
+            record = await store.schedule(
+                name,
+                job,
+                every=spec.every,
+                cron=spec.cron,
+                timezone=spec.timezone,
+                jitter=spec.jitter,
+                misfire=spec.misfire,
+            )
+            timing = f"every {spec.every:g}s" if spec.every is not None else f"cron {spec.cron!r}"
+            if spec.cron is not None:
+                timing += f" ({spec.timezone})"
+            self._logger.info(
+                "schedule %s declared: %s -> %s, next run %s",
+                name,
+                timing,
+                job.handler,
+                record.next_run_at.isoformat(),
+            )
 
     def _begin_stop(self) -> None:
         """Stop taking jobs and give back the ones not started (called as stop() begins)."""
@@ -252,9 +305,20 @@ class Consumer:
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
-    async def _finish(self, *tasks: asyncio.Task[None]) -> None:
-        claimer, renewer, settler = tasks
+    async def _finish(
+        self,
+        claimer: asyncio.Task[None],
+        renewer: asyncio.Task[None],
+        settler: asyncio.Task[None],
+        ticker: asyncio.Task[None] | None,
+    ) -> None:
         await asyncio.wait([claimer])  # never cancelled mid-claim: its jobs would be orphaned
+        if ticker is not None:
+            # a fire is atomic in the broker, so cancelling one stuck on a broker call is safe
+            await asyncio.wait([ticker], timeout=TICKER_STOP_TIMEOUT)
+            if not ticker.done():
+                ticker.cancel()
+                await asyncio.wait([ticker])
         self._release_pending()
         for lease in list(self._held.values()):  # runs that ignored cancellation at stop
             execution = lease.execution
@@ -271,7 +335,9 @@ class Consumer:
         await asyncio.wait([settler])
         self._closed.set()
         await asyncio.wait([renewer])
-        for task in tasks:
+        for task in (claimer, renewer, settler, ticker):
+            if task is None:
+                continue
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 self._logger.error("consumer task %s failed", task.get_name(), exc_info=error)

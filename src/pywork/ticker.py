@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pywork import cron
 
 if TYPE_CHECKING:
     from pywork.brokers.base import ScheduleStore
+
+    _Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 __all__ = ["MAX_SLEEP", "fire_due", "run_ticker"]
 
@@ -27,7 +29,7 @@ MAX_SLEEP = 1.0
 _ERROR_BACKOFF = (0.1, 5.0)
 
 
-async def fire_due(broker: ScheduleStore, logger: logging.Logger) -> float:
+async def fire_due(broker: ScheduleStore, logger: _Logger) -> float:
     """Fire every due schedule once; return the seconds until the next one is due."""
     at = cron.now()
     due, earliest = await broker.due_schedules(at)
@@ -54,9 +56,7 @@ async def fire_due(broker: ScheduleStore, logger: logging.Logger) -> float:
     return max(0.0, (earliest - cron.now()).total_seconds())
 
 
-async def run_ticker(
-    broker: ScheduleStore, stopping: asyncio.Event, logger: logging.Logger
-) -> None:
+async def run_ticker(broker: ScheduleStore, stopping: asyncio.Event, logger: _Logger) -> None:
     """Fire due schedules until `stopping` is set; broker errors are retried with backoff."""
     failures = 0
     while not stopping.is_set():

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pywork._durations import duration, positive_int
 from pywork.channel import Channel
+from pywork.cron import ScheduleSpec
+from pywork.encoding import encode_job
 from pywork.errors import (
     HandlerAlreadyRegistered,
     HandlerNotFound,
@@ -91,6 +93,7 @@ class Worker:
         self._number: int | None = None  # set by ConcurrentJob
         self._wall_offset = time.time() - time.monotonic()  # wall clock = monotonic + offset
         self._stop_hooks: list[Callable[[], None]] = []  # called when stop() begins (consumers)
+        self._cluster_schedules: dict[str, tuple[Job, ScheduleSpec]] = {}  # applied by consume
 
     # registration -------------------------------------------------------------
     def register(self, name: str, handler: AnyHandler) -> None:
@@ -178,6 +181,7 @@ class Worker:
             self._slots = asyncio.Semaphore(self.max_concurrency)
         self._chains = {name: self._compose(name) for name in self._handlers}
         self._wall_offset = time.time() - time.monotonic()
+        self._loop = asyncio.get_running_loop()
         self._state = _RUNNING
 
     async def stop(self, timeout: float | timedelta = 30.0) -> None:
@@ -259,11 +263,11 @@ class Worker:
     def _launch(
         self, job: Job, chain: Handler, *, holds_slot: bool = False, attempt: int = 1
     ) -> Execution:
-        ctx = Context(job, self, attempt=attempt, worker_number=self._number)
-        job.ctx = ctx
+        job.ctx = ctx = Context(job, self, attempt, self._number)
         execution = Execution(job, ctx, self)
-        execution._holds_slot = holds_slot
-        execution._task = asyncio.get_running_loop().create_task(self._run(execution, chain))
+        if holds_slot:
+            execution._holds_slot = True
+        execution._task = self._loop.create_task(self._run(execution, chain))
         self._executions.add(execution)
         return execution
 
@@ -309,7 +313,10 @@ class Worker:
         finally:
             execution._t1 = time.monotonic()
             self._active -= 1
-            self._forget(execution)
+            self._executions.discard(execution)
+            if execution._holds_slot:
+                execution._holds_slot = False
+                slots.release()  # type: ignore[union-attr]  # held only when slots exist
 
     async def perform(self, job: Job, *, wait: bool = False) -> Execution:
         """Run `job` now; afterwards ``job.ctx`` is this execution's context.
@@ -389,6 +396,58 @@ class Worker:
         self._drive(schedule, self._receive(schedule, source, wait))
         return schedule
 
+    def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> None:
+        """Declare a cluster schedule, applied to the broker when :meth:`consume` starts.
+
+        Each :meth:`consume` call declares every recorded schedule with
+        ``broker.schedule(...)`` before it takes any job. Declaring is idempotent: a
+        schedule already stored with the same every/cron/timezone keeps its next run
+        time, so every process of an app can declare the same schedules at startup and
+        each tick still fires once across all of them. Declaring `name` again on this
+        worker replaces the earlier declaration; declarations made while a consume is
+        running apply at the next consume. Remove a schedule with
+        ``broker.unschedule(name)``. See ``docs/schedules.md``.
+
+        Args:
+            name: the schedule's unique name in the broker (part of each fired job's key).
+            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
+            every: seconds (or a timedelta) between ticks; exclusive with `cron`.
+            cron: a 5-field crontab read in `timezone`; exclusive with `every`.
+            timezone: an IANA time zone name such as ``"Europe/Paris"``.
+            jitter: delay each tick's job by a random 0..jitter seconds.
+            misfire: when several ticks are due at once, ``"skip"`` fires the latest
+                only, ``"all"`` the latest 100.
+
+        Raises:
+            TypeError: `name` is not a str, `job` is not a Job, or an option has the
+                wrong type.
+            ValueError: `name` is empty, or the timing is invalid (not exactly one of
+                every/cron, ``every <= 0``, a bad crontab field, ``jitter < 0``, an
+                unknown time zone, `misfire` not "skip" or "all").
+            SerializationError: the job's args or headers cannot be encoded.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"schedule name must be a str, got {name!r}")
+        if not name:
+            raise ValueError("schedule name must be a non-empty str")
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a pywork.Job, got {job!r}")
+        spec = ScheduleSpec.create(
+            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        encode_job(job)  # refuse args a broker could not store, now rather than at consume
+        self._cluster_schedules[name] = (job.copy(), spec)
+
     async def consume(
         self,
         broker: Broker,
@@ -408,6 +467,10 @@ class Worker:
         but not started, and runs cut short by the stop, go back to the queue at once.
         See ``docs/brokers.md``.
 
+        Every consumer also fires the broker's due cluster schedules (all of them,
+        whatever `queues` it takes jobs from), after declaring those recorded with
+        :meth:`schedule`; see ``docs/schedules.md``.
+
         Args:
             broker: from :func:`pywork.connect`.
             queues: the queue names to take jobs from (oldest job first).
@@ -421,6 +484,8 @@ class Worker:
 
         Raises:
             TypeError, ValueError: an argument is invalid (checked before anything starts).
+            Exception: the broker failed while declaring the schedules of :meth:`schedule`
+                (nothing was consumed).
         """
         from pywork.consumer import Consumer
 

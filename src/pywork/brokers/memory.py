@@ -26,8 +26,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from pywork import cron as cronlib
 from pywork._durations import duration, optional_duration, positive_int
-from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.brokers.base import (
+    Delivery,
+    JobRecord,
+    JobState,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+)
+from pywork.cron import ScheduleSpec, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -44,6 +53,35 @@ _CANCELLED = JobState.CANCELLED
 _ACTIVE = frozenset((_QUEUED, _SCHEDULED, _RUNNING, _FAILED))
 _TIMED = frozenset((_SCHEDULED, _FAILED))
 _CLEANUP_EVERY = 1.0
+
+
+class _Schedule:
+    """One stored cluster schedule (times as integer microseconds since the epoch)."""
+
+    __slots__ = ("last", "name", "next", "payload", "spec")
+
+    def __init__(
+        self, name: str, payload: bytes, spec: ScheduleSpec, next_run: int, last: int | None
+    ) -> None:
+        self.name = name
+        self.payload = payload
+        self.spec = spec
+        self.next = next_run
+        self.last = last
+
+    def record(self) -> ScheduleRecord:
+        spec = self.spec
+        return ScheduleRecord(
+            name=self.name,
+            job=decode_job(self.payload),
+            every=spec.every,
+            cron=spec.cron,
+            timezone=spec.timezone,
+            next_run_at=from_micros(self.next),
+            last_run_at=None if self.last is None else from_micros(self.last),
+            jitter=spec.jitter,
+            misfire=spec.misfire,
+        )
 
 
 class _Entry:
@@ -134,6 +172,7 @@ class _Store:
         self.work_waiters: list[_Waiter] = []
         self.change_waiters: list[_Waiter] = []
         self.last_cleanup = 0.0
+        self.schedules: dict[str, _Schedule] = {}
 
     # transitions -------------------------------------------------------------
     def set_state(self, entry: _Entry, state: JobState) -> None:
@@ -648,6 +687,109 @@ class MemoryBroker:
             store.notify(list(queues))
         return applied
 
+    # cluster schedules (contract §9) -------------------------------------------
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name`; declaring never fires a run.
+
+        Redeclaring with the same every/cron/timezone keeps its next run time.
+
+        Args:
+            name: the schedule's unique name (part of each fired job's key).
+            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
+            every: seconds between ticks (exclusive with `cron`).
+            cron: a 5-field crontab read in `timezone` (exclusive with `every`).
+            timezone: an IANA time zone name.
+            jitter: delay each tick's job by a random 0..jitter seconds.
+            misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
+
+        Raises:
+            TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
+            SerializationError: the job's args or headers cannot be encoded.
+        """
+        _check_schedule_name(name)
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a pywork.Job, got {job!r}")
+        spec = ScheduleSpec.create(
+            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        payload = encode_job(job)
+        store = self._store
+        with store.lock:
+            old = store.schedules.get(name)
+            if old is not None and spec.same_timing(old.spec):
+                next_run = old.next
+            else:
+                next_run = to_micros(spec.first_run(cronlib.now()))
+            entry = _Schedule(name, payload, spec, next_run, None if old is None else old.last)
+            store.schedules[name] = entry
+            return entry.record()
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        _check_schedule_name(name)
+        store = self._store
+        with store.lock:
+            return store.schedules.pop(name, None) is not None
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        store = self._store
+        with store.lock:
+            entries = sorted(store.schedules.values(), key=lambda e: e.name)
+            return [entry.record() for entry in entries]
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules due at `at`, and the earliest next run time of the others."""
+        limit = to_micros(at)
+        store = self._store
+        with store.lock:
+            due = [e for e in store.schedules.values() if e.next <= limit]
+            later = [e.next for e in store.schedules.values() if e.next > limit]
+            due.sort(key=lambda e: (e.next, e.name))
+            return [e.record() for e in due], from_micros(min(later)) if later else None
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, atomically.
+
+        Returns:
+            True if this call won the compare-and-set (and enqueued the jobs); False
+            (nothing changed) if another consumer fired it first or it was removed.
+        """
+        payloads = [encode_job(job) for job, _ in jobs]
+        store = self._store
+        now = time.time()
+        with store.lock:
+            entry = store.schedules.get(name)
+            if entry is None or entry.next != to_micros(expected):
+                return False
+            entry.next = to_micros(next_run_at)
+            entry.last = to_micros(last_run_at)
+            queues = set()
+            for (job, delay), payload in zip(jobs, payloads, strict=True):
+                start = now + delay if delay else None
+                self._add(job, payload, start, now)
+                if start is None:
+                    queues.add(job.queue)
+            store.notify(list(queues))
+            return True
+
     # testing helpers -------------------------------------------------------------
     async def join(self, queue: str | None = None, timeout: float | None = None) -> None:
         """Wait until no job (of `queue`, or of any queue) is queued, running, or
@@ -693,6 +835,13 @@ class MemoryBroker:
                 if entry is not None and entry.state in _TIMED and when <= now:
                     return True
         return False
+
+
+def _check_schedule_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("schedule name must be a non-empty str")
 
 
 def _inject(job: Job) -> None:

@@ -35,8 +35,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from pywork import cron as cronlib
 from pywork._durations import duration, optional_duration, positive_int
-from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.brokers.base import (
+    Delivery,
+    JobRecord,
+    JobState,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+)
+from pywork.cron import ScheduleSpec, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -72,7 +81,22 @@ CREATE INDEX IF NOT EXISTS pywork_jobs_ready ON pywork_jobs (queue, seq) WHERE s
 CREATE INDEX IF NOT EXISTS pywork_jobs_timed ON pywork_jobs (state, run_at);
 CREATE UNIQUE INDEX IF NOT EXISTS pywork_jobs_key ON pywork_jobs (key)
     WHERE key IS NOT NULL AND state IN {_ACTIVE_SQL};
+CREATE TABLE IF NOT EXISTS pywork_schedules (
+    name TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,
+    every REAL,
+    cron TEXT,
+    timezone TEXT NOT NULL,
+    jitter REAL NOT NULL,
+    misfire TEXT NOT NULL,
+    next_run_at INTEGER NOT NULL,
+    last_run_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS pywork_schedules_next ON pywork_schedules (next_run_at);
 """
+_SCHEDULE_COLUMNS = (
+    "name, payload, every, cron, timezone, jitter, misfire, next_run_at, last_run_at"
+)
 
 _COLUMNS = (
     "id, handler, queue, payload, state, status, attempts, error, "
@@ -179,6 +203,28 @@ def _start_time(at: datetime | None, delay: float | timedelta | None, now: float
         return when if when > now else None
     seconds = optional_duration(delay, "delay")
     return now + seconds if seconds else None
+
+
+def _check_schedule_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("schedule name must be a non-empty str")
+
+
+def _schedule_record(row: Sequence[Any]) -> ScheduleRecord:
+    name, payload, every, cron, timezone, jitter, misfire, next_run_at, last_run_at = row
+    return ScheduleRecord(
+        name=name,
+        job=decode_job(payload),
+        every=every,
+        cron=cron,
+        timezone=timezone,
+        next_run_at=from_micros(next_run_at),
+        last_run_at=None if last_run_at is None else from_micros(last_run_at),
+        jitter=jitter,
+        misfire=misfire,
+    )
 
 
 def _inject(job: Job) -> None:
@@ -667,3 +713,143 @@ class SQLiteBroker:
         if woken:
             self._waiters.wake(list(woken))
         return applied
+
+    # cluster schedules (contract §9) -------------------------------------------
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name`; declaring never fires a run.
+
+        Redeclaring with the same every/cron/timezone keeps its next run time.
+
+        Args:
+            name: the schedule's unique name (part of each fired job's key).
+            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
+            every: seconds between ticks (exclusive with `cron`).
+            cron: a 5-field crontab read in `timezone` (exclusive with `every`).
+            timezone: an IANA time zone name.
+            jitter: delay each tick's job by a random 0..jitter seconds.
+            misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
+
+        Raises:
+            TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
+            SerializationError: the job's args or headers cannot be encoded.
+        """
+        _check_schedule_name(name)
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a pywork.Job, got {job!r}")
+        spec = ScheduleSpec.create(
+            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        payload = encode_job(job)
+
+        def upsert(db: sqlite3.Connection) -> ScheduleRecord:
+            old = db.execute(
+                "SELECT every, cron, timezone, next_run_at FROM pywork_schedules WHERE name = ?",
+                (name,),
+            ).fetchone()
+            stored = None if old is None else ScheduleSpec(old[0], old[1], old[2], 0.0, "skip")
+            if stored is not None and spec.same_timing(stored):
+                next_run = int(old[3])
+            else:
+                next_run = to_micros(spec.first_run(cronlib.now()))
+            row = db.execute(
+                "INSERT INTO pywork_schedules (name, payload, every, cron, timezone, jitter, "
+                "misfire, next_run_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET payload = excluded.payload, "
+                "every = excluded.every, cron = excluded.cron, timezone = excluded.timezone, "
+                "jitter = excluded.jitter, misfire = excluded.misfire, "
+                f"next_run_at = excluded.next_run_at RETURNING {_SCHEDULE_COLUMNS}",
+                (name, payload, spec.every, spec.cron, spec.timezone, spec.jitter,
+                 spec.misfire, next_run),
+            ).fetchone()  # fmt: skip
+            return _schedule_record(row)
+
+        return await self._tx(upsert)
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        _check_schedule_name(name)
+        return await self._tx(
+            lambda db: (
+                db.execute("DELETE FROM pywork_schedules WHERE name = ?", (name,)).rowcount == 1
+            )
+        )
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        rows = await self._ro(
+            lambda db: db.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM pywork_schedules ORDER BY name"
+            ).fetchall()
+        )
+        return [_schedule_record(row) for row in rows]
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules due at `at`, and the earliest next run time of the others."""
+        limit = to_micros(at)
+
+        def due(db: sqlite3.Connection) -> tuple[list[Any], int | None]:
+            rows = db.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM pywork_schedules WHERE next_run_at <= ? "
+                "ORDER BY next_run_at, name",
+                (limit,),
+            ).fetchall()
+            later = db.execute(
+                "SELECT min(next_run_at) FROM pywork_schedules WHERE next_run_at > ?", (limit,)
+            ).fetchone()[0]
+            return rows, later
+
+        rows, later = await self._ro(due)
+        return [_schedule_record(row) for row in rows], (
+            None if later is None else from_micros(later)
+        )
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, in one
+        transaction (a conditional UPDATE, then the inserts).
+
+        Returns:
+            True if this call won the compare-and-set (and enqueued the jobs); False
+            (nothing changed) if another consumer fired it first or it was removed.
+        """
+        payloads = [encode_job(job) for job, _ in jobs]
+
+        def fire(db: sqlite3.Connection) -> set[str] | None:
+            cursor = db.execute(
+                "UPDATE pywork_schedules SET next_run_at = ?, last_run_at = ? "
+                "WHERE name = ? AND next_run_at = ?",
+                (to_micros(next_run_at), to_micros(last_run_at), name, to_micros(expected)),
+            )
+            if cursor.rowcount != 1:
+                return None
+            now = time.time()
+            ready: set[str] = set()
+            for (job, delay), payload in zip(jobs, payloads, strict=True):
+                start = now + delay if delay else None
+                self._insert(db, job, payload, start, now)
+                if start is None:
+                    ready.add(job.queue)
+            return ready
+
+        ready = await self._tx(fire)
+        if ready is None:
+            return False
+        if ready:
+            self._waiters.wake(list(ready))
+        return True
