@@ -1,11 +1,13 @@
 """PostgresBroker: a jobs table claimed with ``FOR UPDATE SKIP LOCKED``, woken by LISTEN/NOTIFY.
 
 ``postgresql://user:password@host:port/db?schema=NAME&pool_size=N`` (``postgres://`` too).
-Jobs live in ``NAME.jobs`` (schema default ``pywork``, created at connect if missing). Every
-broker call is one SQL statement, so one round trip: claiming a batch (ready jobs, due
-scheduled/failed jobs and expired leases alike), settling a batch, renewing a batch,
-enqueueing a batch. Consumers sleep on a dedicated LISTEN connection, bounded by the
-next due time. See ``docs/brokers-postgres.md`` for the design and the tuning knobs.
+Jobs live in ``NAME.jobs`` and cluster schedules in ``NAME.schedules`` (schema default
+``pywork``, created at connect if missing). Every broker call is one SQL statement, so one
+round trip: claiming a batch (ready jobs, due scheduled/failed jobs and expired leases
+alike), settling a batch, renewing a batch, enqueueing a batch, firing a schedule's tick
+(a conditional UPDATE and the inserts of its jobs). Consumers sleep on a dedicated LISTEN
+connection, bounded by the next due time. See ``docs/brokers-postgres.md`` for the design
+and the tuning knobs.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from pywork import cron as cronlib
 from pywork._durations import duration, optional_duration, positive_int
-from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.brokers.base import (
+    Delivery,
+    JobRecord,
+    JobState,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+)
+from pywork.cron import ScheduleSpec, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -39,8 +50,9 @@ DEFAULT_POOL_SIZE = 10
 PURGE_EVERY = 2.0
 #: Records deleted by one lazy purge statement.
 PURGE_BATCH = 10_000
-#: Marker stored as the table comment once the DDL is complete (bump on schema changes).
-SCHEMA_VERSION = "pywork jobs v1"
+#: Marker stored as the jobs table's comment once the DDL is complete (bump on schema
+#: changes: a connect finding an older marker runs the idempotent DDL again).
+SCHEMA_VERSION = "pywork jobs v2"
 
 _LIVE = "('queued', 'scheduled', 'running', 'failed')"
 _READY = "('queued', 'scheduled', 'failed')"
@@ -93,8 +105,45 @@ def _ddl(schema: str) -> list[str]:
         # lazy deletion of succeeded/cancelled records after the retention
         f"CREATE INDEX IF NOT EXISTS jobs_purge ON {t} (purge_at) WHERE purge_at IS NOT NULL",
         f"CREATE INDEX IF NOT EXISTS jobs_dead ON {t} (finished_at, seq) WHERE state = 'dead'",
+        # cluster schedules (v2); times are integer microseconds since the epoch, so the
+        # compare-and-set of fire() is exact
+        f"""CREATE TABLE IF NOT EXISTS {schema}.schedules (
+            name text PRIMARY KEY,
+            job bytea NOT NULL,
+            every float8 CHECK (every > 0),
+            cron text,
+            timezone text NOT NULL,
+            jitter float8 NOT NULL DEFAULT 0 CHECK (jitter >= 0),
+            misfire text NOT NULL CHECK (misfire IN ('skip', 'all')),
+            next_run_at bigint NOT NULL,
+            last_run_at bigint,
+            CHECK ((every IS NULL) <> (cron IS NULL))
+        )""",
+        f"CREATE INDEX IF NOT EXISTS schedules_next ON {schema}.schedules (next_run_at)",
         f"COMMENT ON TABLE {t} IS '{SCHEMA_VERSION}'",
     ]
+
+
+def _insert_jobs(t: str, guard: str = "") -> str:
+    """The INSERT of a batch of jobs, shared by enqueue_many and fire.
+
+    Its rows come from ``unnest()`` of $1..$7 (id, queue, handler, key, max_retries,
+    payload, delay in seconds: NULL or 0 = queued now, else scheduled); `guard` is an
+    extra WHERE condition. A job whose key a live job holds is skipped (ON CONFLICT DO
+    NOTHING); it returns the stored rows' id and queue.
+    """
+    return f"""
+        INSERT INTO {t} (id, queue, handler, key, max_retries, payload, state, run_at)
+        SELECT u.id, u.queue, u.handler, u.key, u.max_retries, u.payload,
+               CASE WHEN u.delay > 0 THEN 'scheduled' ELSE 'queued' END,
+               now() + coalesce(u.delay, 0) * interval '1 second'
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                    $6::bytea[], $7::float8[]) WITH ORDINALITY
+             AS u(id, queue, handler, key, max_retries, payload, delay, n)
+        {guard}
+        ORDER BY u.n
+        ON CONFLICT (key) WHERE key IS NOT NULL AND state IN {_LIVE} DO NOTHING
+        RETURNING id, queue"""
 
 
 class _SQL:
@@ -122,17 +171,8 @@ class _SQL:
             )
             SELECT id, pg_notify($9, queue)::text AS notified FROM ins"""
         self.enqueue_many = f"""
-            WITH ins AS (
-                INSERT INTO {t} (id, queue, handler, key, max_retries, payload, state, run_at)
-                SELECT u.id, u.queue, u.handler, u.key, u.max_retries, u.payload, 'queued', now()
-                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                            $6::bytea[]) WITH ORDINALITY
-                     AS u(id, queue, handler, key, max_retries, payload, n)
-                ORDER BY u.n
-                ON CONFLICT (key) WHERE key IS NOT NULL AND state IN {_LIVE} DO NOTHING
-                RETURNING id, queue
-            )
-            SELECT id, (SELECT count(pg_notify($7, q.queue))
+            WITH ins AS ({_insert_jobs(t)})
+            SELECT id, (SELECT count(pg_notify($8, q.queue))
                         FROM (SELECT DISTINCT queue FROM ins) q) AS notified
             FROM ins"""
         self.key_holders = f"SELECT key, id FROM {t} WHERE key = ANY($1) AND state IN {_LIVE}"
@@ -285,6 +325,48 @@ class _SQL:
                     WHERE j.queue = q.queue AND j.state = 'running'
                     ORDER BY j.lease_until LIMIT 1) x)
             ) - now())::float8"""
+        # cluster schedules (contract §9): next_run_at/last_run_at in microseconds
+        st = f"{schema}.schedules"
+        self.schedule_columns = (
+            "name, job, every, cron, timezone, jitter, misfire, next_run_at, last_run_at"
+        )
+        # redeclaring with the same every/cron/timezone keeps next_run_at (and always
+        # last_run_at); the row lock of ON CONFLICT makes concurrent declarations safe
+        self.schedule = f"""
+            INSERT INTO {st} AS s (name, job, every, cron, timezone, jitter, misfire, next_run_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (name) DO UPDATE SET
+                job = excluded.job, every = excluded.every, cron = excluded.cron,
+                timezone = excluded.timezone, jitter = excluded.jitter,
+                misfire = excluded.misfire,
+                next_run_at = CASE
+                    WHEN s.every IS NOT DISTINCT FROM excluded.every
+                     AND s.cron IS NOT DISTINCT FROM excluded.cron
+                     AND s.timezone = excluded.timezone
+                    THEN s.next_run_at ELSE excluded.next_run_at END
+            RETURNING {self.schedule_columns}"""
+        self.unschedule = f"DELETE FROM {st} WHERE name = $1"
+        self.schedules = f"SELECT {self.schedule_columns} FROM {st} ORDER BY name"
+        # the due schedules and the earliest next run of the others, in one statement:
+        # always one row at least (a due-less row carries only `later`)
+        self.due_schedules = f"""
+            SELECT d.*, l.later
+            FROM (SELECT min(next_run_at) AS later FROM {st} WHERE next_run_at > $1) l
+            LEFT JOIN (SELECT {self.schedule_columns} FROM {st} WHERE next_run_at <= $1) d
+                ON true
+            ORDER BY d.next_run_at, d.name"""
+        # the compare-and-set on next_run_at and, only if it matched, the inserts of the
+        # tick's jobs: one statement, so one transaction. A concurrent fire of the same
+        # tick waits for the row lock, re-reads next_run_at, matches nothing, inserts nothing.
+        self.fire = f"""
+            WITH won AS (
+                UPDATE {st} SET next_run_at = $11, last_run_at = $12
+                WHERE name = $9 AND next_run_at = $10
+                RETURNING name
+            ), ins AS ({_insert_jobs(t, "WHERE EXISTS (SELECT 1 FROM won)")})
+            SELECT (SELECT count(*) FROM won) AS won,
+                   (SELECT count(pg_notify($8, q.queue))
+                    FROM (SELECT DISTINCT queue FROM ins) q) AS notified"""
 
 
 class _Waiter:
@@ -512,6 +594,7 @@ class PostgresBroker:
                 [job.key for job in jobs],
                 [job.max_retries for job in jobs],
                 payloads,
+                None,  # no delays: every job is queued now
                 self._channel,
             )
         except asyncpg.UniqueViolationError as exc:
@@ -825,11 +908,187 @@ class PostgresBroker:
             applied.discard(job_id)  # only the first outcome of an id was applied
         return result
 
+    # cluster schedules (contract §9) ------------------------------------------------
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name` in ``<schema>.schedules``; declaring
+        never fires a run.
+
+        Redeclaring with the same every/cron/timezone keeps its next run time (decided in
+        the upsert itself, so concurrent declarations agree); otherwise the next run is
+        computed as for a new schedule. The last run time is always kept.
+
+        Args:
+            name: the schedule's unique name (part of each fired job's key).
+            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
+            every: seconds between ticks (exclusive with `cron`).
+            cron: a 5-field crontab read in `timezone` (exclusive with `every`).
+            timezone: an IANA time zone name.
+            jitter: delay each tick's job by a random 0..jitter seconds.
+            misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
+
+        Returns:
+            The stored schedule.
+
+        Raises:
+            TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
+            SerializationError: the job's args or headers cannot be encoded.
+        """
+        _check_schedule_name(name)
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a pywork.Job, got {job!r}")
+        spec = ScheduleSpec.create(
+            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        payload = encode_job(job)
+        self._check_open()
+        first_run = to_micros(spec.first_run(cronlib.now()))
+        row = await self._pool.fetchrow(
+            self._sql.schedule,
+            name,
+            payload,
+            spec.every,
+            spec.cron,
+            spec.timezone,
+            spec.jitter,
+            spec.misfire,
+            first_run,
+        )
+        assert row is not None  # an upsert always returns its row
+        return _schedule_record(row)
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        _check_schedule_name(name)
+        self._check_open()
+        status = await self._pool.execute(self._sql.unschedule, name)
+        return bool(status == "DELETE 1")
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        self._check_open()
+        return [_schedule_record(row) for row in await self._pool.fetch(self._sql.schedules)]
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules whose next run is at or before `at` (oldest first), and the
+        earliest next run of the others (None when there are none), in one statement."""
+        limit = to_micros(_aware(at, "at"))
+        self._check_open()
+        rows = await self._pool.fetch(self._sql.due_schedules, limit)
+        later = rows[0]["later"] if rows else None
+        due = [_schedule_record(row) for row in rows if row["name"] is not None]
+        return due, None if later is None else from_micros(later)
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, in one
+        statement (a conditional UPDATE, then the inserts, as enqueue_many does them).
+
+        A job whose key a queued, scheduled, running or failed job holds is skipped; a job
+        with a delay is stored as scheduled, due after that many seconds (database clock).
+        Consumers of the jobs' queues are woken by a NOTIFY.
+
+        Args:
+            name: the schedule.
+            expected: the next run time this consumer read (compared to the microsecond).
+            next_run_at: the new next run time.
+            last_run_at: the latest tick fired.
+            jobs: the ticks' jobs, each with its delay in seconds or None.
+
+        Returns:
+            True if this call won the compare-and-set (and stored the jobs); False
+            (nothing changed) if another consumer fired it first or it was removed.
+
+        Raises:
+            SerializationError: a job cannot be encoded (nothing changed).
+            ValueError: a job id is already stored (nothing changed).
+        """
+        _check_schedule_name(name)
+        expected_us = to_micros(_aware(expected, "expected"))
+        next_us = to_micros(_aware(next_run_at, "next_run_at"))
+        last_us = to_micros(_aware(last_run_at, "last_run_at"))
+        if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
+            raise TypeError(f"jobs must be a sequence of (Job, delay) pairs, got {jobs!r}")
+        batch: list[Job] = []
+        delays: list[float | None] = []
+        for pair in jobs:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], Job)):
+                raise TypeError(f"jobs must hold (Job, delay seconds or None) pairs, got {pair!r}")
+            batch.append(pair[0])
+            delays.append(optional_duration(pair[1], "delay"))
+        payloads = [encode_job(job) for job in batch]  # the declared headers, as they are
+        self._check_open()
+        try:
+            row = await self._pool.fetchrow(
+                self._sql.fire,
+                [job.id for job in batch],
+                [job.queue for job in batch],
+                [job.handler for job in batch],
+                [job.key for job in batch],
+                [job.max_retries for job in batch],
+                payloads,
+                delays,
+                self._channel,
+                name,
+                expected_us,
+                next_us,
+                last_us,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ValueError(f"a job id of schedule {name!r} is already stored ({exc})") from exc
+        assert row is not None  # one row, always
+        return bool(row["won"])
+
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Release a pooled connection as is: the broker leaves no session state behind (no
     LISTEN, session locks, cursors or settings), so asyncpg's default reset query would
     only add a round trip to every call. An open transaction is still rolled back."""
+
+
+def _check_schedule_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("schedule name must be a non-empty str")
+
+
+def _aware(moment: object, name: str) -> datetime:
+    if not isinstance(moment, datetime):
+        raise TypeError(f"{name} must be an aware datetime.datetime, got {moment!r}")
+    if moment.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime (with a tzinfo), got {moment!r}")
+    return moment
+
+
+def _schedule_record(row: asyncpg.Record) -> ScheduleRecord:
+    last: int | None = row["last_run_at"]
+    return ScheduleRecord(
+        name=row["name"],
+        job=decode_job(row["job"]),
+        every=row["every"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        next_run_at=from_micros(row["next_run_at"]),
+        last_run_at=None if last is None else from_micros(last),
+        jitter=row["jitter"],
+        misfire=row["misfire"],
+    )
 
 
 def _queues(queues: Sequence[str]) -> list[str]:
