@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -38,8 +38,17 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pywork import cron as cronlib
 from pywork._durations import duration, optional_duration, positive_int
-from pywork.brokers.base import Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.brokers.base import (
+    Delivery,
+    JobRecord,
+    JobState,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+)
+from pywork.cron import ScheduleSpec, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -171,6 +180,60 @@ local function finish(jk, id, queue, state, status, err, keep_until, f)
   end
 end
 
+-- store jobs ([[id, queue, payload, handler, key, mr, when], ...]; when: "" = now,
+-- "d<ms>" = after a delay, "a<epoch ms>" = at); returns per job its id, or the id of the
+-- live job holding its key, or its own id when it is already stored
+local function store_jobs(jobs)
+  local out = {}
+  local seq = next_seq(#jobs)
+  local known = {}
+  for i, job in ipairs(jobs) do
+    local id, queue, payload, handler, key, mr, when = unpack(job)
+    local jk = jkey(id)
+    local existing = nil
+    if redis.call('EXISTS', jk) == 1 then
+      existing = id
+    elseif key ~= '' then
+      local other = redis.call('HGET', P .. 'keys', key)
+      if other then
+        local state = redis.call('HGET', jkey(other), 'state')
+        if state and LIVE[state] then existing = other end
+      end
+    end
+    if existing then
+      out[i] = existing
+    else
+      out[i] = id
+      local run_at = NOW
+      local kind = string.sub(when, 1, 1)
+      if kind == 'd' then run_at = NOW + tonumber(string.sub(when, 2))
+      elseif kind == 'a' then run_at = tonumber(string.sub(when, 2)) end
+      if not known[queue] then
+        known[queue] = true
+        redis.call('SADD', P .. 'queues', queue)
+      end
+      local fields = {'HSET', jk, 'payload', payload, 'queue', queue, 'handler', handler,
+        'attempts', 0, 'lease', 0, 'enq', NOW, 'seq', seq + i}
+      if key ~= '' then
+        fields[#fields + 1] = 'key'; fields[#fields + 1] = key
+        redis.call('HSET', P .. 'keys', key, id)
+      end
+      if mr ~= '' then fields[#fields + 1] = 'mr'; fields[#fields + 1] = mr end
+      if run_at > NOW then
+        fields[#fields + 1] = 'state'; fields[#fields + 1] = 'scheduled'
+        fields[#fields + 1] = 'run'; fields[#fields + 1] = run_at
+        redis.call(unpack(fields))
+        add_timed(P .. 'scheduled:' .. queue, queue, run_at, id)
+      else
+        fields[#fields + 1] = 'state'; fields[#fields + 1] = 'queued'
+        redis.call(unpack(fields))
+        make_ready(id, queue, seq + i)
+      end
+    end
+  end
+  return out
+end
+
 -- due scheduled and failed jobs -> ready, in due order
 local function promote(queue)
   for _, kind in ipairs({'scheduled', 'failed'}) do
@@ -247,53 +310,7 @@ if ARGV[4] == '1' then
     seen[id] = true
   end
 end
-local out = {}
-local seq = next_seq(#jobs)
-local known = {}
-for i, job in ipairs(jobs) do
-  local id, queue, payload, handler, key, mr, when = unpack(job)
-  local jk = jkey(id)
-  local existing = nil
-  if redis.call('EXISTS', jk) == 1 then
-    existing = id
-  elseif key ~= '' then
-    local other = redis.call('HGET', P .. 'keys', key)
-    if other then
-      local state = redis.call('HGET', jkey(other), 'state')
-      if state and LIVE[state] then existing = other end
-    end
-  end
-  if existing then
-    out[i] = existing
-  else
-    out[i] = id
-    local run_at = NOW
-    local kind = string.sub(when, 1, 1)
-    if kind == 'd' then run_at = NOW + tonumber(string.sub(when, 2))
-    elseif kind == 'a' then run_at = tonumber(string.sub(when, 2)) end
-    if not known[queue] then
-      known[queue] = true
-      redis.call('SADD', P .. 'queues', queue)
-    end
-    local fields = {'HSET', jk, 'payload', payload, 'queue', queue, 'handler', handler,
-      'attempts', 0, 'lease', 0, 'enq', NOW, 'seq', seq + i}
-    if key ~= '' then
-      fields[#fields + 1] = 'key'; fields[#fields + 1] = key
-      redis.call('HSET', P .. 'keys', key, id)
-    end
-    if mr ~= '' then fields[#fields + 1] = 'mr'; fields[#fields + 1] = mr end
-    if run_at > NOW then
-      fields[#fields + 1] = 'state'; fields[#fields + 1] = 'scheduled'
-      fields[#fields + 1] = 'run'; fields[#fields + 1] = run_at
-      redis.call(unpack(fields))
-      add_timed(P .. 'scheduled:' .. queue, queue, run_at, id)
-    else
-      fields[#fields + 1] = 'state'; fields[#fields + 1] = 'queued'
-      redis.call(unpack(fields))
-      make_ready(id, queue, seq + i)
-    end
-  end
-end
+local out = store_jobs(jobs)
 flush()
 return cjson.encode(out)
 """
@@ -580,6 +597,77 @@ return n
 """
 
 
+# Cluster schedules (contract §9): P schedules = hash name -> JSON declaration (written and
+# read by Python only, never re-encoded here), P schedule-next = zset name -> next run
+# (epoch microseconds: exact in a double), P schedule-last = hash name -> last run.
+
+# ARGV[3] = name. Returns {declaration or false, next or false, last or false}.
+_SCHEDULE_GET = """
+local name = ARGV[3]
+return {redis.call('HGET', P .. 'schedules', name),
+  redis.call('ZSCORE', P .. 'schedule-next', name),
+  redis.call('HGET', P .. 'schedule-last', name)}
+"""
+
+# ARGV[3] = name, ARGV[4] / ARGV[5] = the declaration / next run read before ('' = none),
+# ARGV[6] / ARGV[7] = the new ones. Returns 1, or 0 when the schedule changed meanwhile.
+_SCHEDULE_PUT = """
+local name = ARGV[3]
+local current = redis.call('HGET', P .. 'schedules', name) or ''
+local next_run = redis.call('ZSCORE', P .. 'schedule-next', name) or ''
+if current ~= ARGV[4] or next_run ~= ARGV[5] then return 0 end
+redis.call('HSET', P .. 'schedules', name, ARGV[6])
+redis.call('ZADD', P .. 'schedule-next', ARGV[7], name)
+return 1
+"""
+
+# ARGV[3] = name. Returns 1 if it existed.
+_UNSCHEDULE = """
+local name = ARGV[3]
+redis.call('ZREM', P .. 'schedule-next', name)
+redis.call('HDEL', P .. 'schedule-last', name)
+return redis.call('HDEL', P .. 'schedules', name)
+"""
+
+# ARGV[3] = at (micros), or '' for every schedule. Returns {later or false, {name,
+# declaration, next, last or false}, ...}: the schedules due at `at` (all of them without
+# `at`), by next run then name, and the earliest next run of the others.
+_SCHEDULES = """
+local nk = P .. 'schedule-next'
+local names, later
+if ARGV[3] == '' then
+  names = redis.call('ZRANGE', nk, 0, -1, 'WITHSCORES')
+  later = false
+else
+  names = redis.call('ZRANGE', nk, '-inf', ARGV[3], 'BYSCORE', 'WITHSCORES')
+  local first = redis.call('ZRANGE', nk, '(' .. ARGV[3], '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+    'WITHSCORES')
+  later = first[2] or false
+end
+local out = {later}
+for i = 1, #names, 2 do
+  local name = names[i]
+  out[#out + 1] = {name, redis.call('HGET', P .. 'schedules', name) or '', names[i + 1],
+    redis.call('HGET', P .. 'schedule-last', name)}
+end
+return out
+"""
+
+# ARGV[3] = name, ARGV[4] = expected next run, ARGV[5] = new next run, ARGV[6] = last run
+# (micros), ARGV[7] = JSON jobs as for _ENQUEUE. The compare-and-set of cluster schedules:
+# returns 1 (moved on, jobs stored) or 0 (fired by someone else, or removed: no change).
+_FIRE = """
+local name = ARGV[3]
+local current = redis.call('ZSCORE', P .. 'schedule-next', name)
+if not current or tonumber(current) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', P .. 'schedule-next', ARGV[5], name)
+redis.call('HSET', P .. 'schedule-last', name, ARGV[6])
+store_jobs(cjson.decode(ARGV[7]))
+flush()
+return 1
+"""
+
+
 def _ms(seconds: float) -> int:
     return math.ceil(seconds * 1000.0)
 
@@ -656,6 +744,33 @@ def _parse_claimed(data: bytes) -> list[Delivery]:
 
 
 _injector: list[Callable[[Job], None] | None] = []  # [inject] or [None], once looked up
+
+
+def _check_schedule_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("schedule name must be a non-empty str")
+
+
+def _schedule_record(
+    name: str | bytes,
+    declaration: bytes,
+    next_run: bytes | int,
+    last_run: bytes | None,
+) -> ScheduleRecord:
+    fields = _decoder.decode(declaration)
+    return ScheduleRecord(
+        name=name.decode() if isinstance(name, bytes) else name,
+        job=decode_job(fields["payload"]),
+        every=fields["every"],
+        cron=fields["cron"],
+        timezone=fields["timezone"],
+        next_run_at=from_micros(int(next_run)),
+        last_run_at=None if last_run is None else from_micros(int(last_run)),
+        jitter=fields["jitter"],
+        misfire=fields["misfire"],
+    )
 
 
 def _inject_trace(job: Job) -> None:
@@ -816,6 +931,11 @@ class RedisBroker:
         self._dead_letters = register(_PRELUDE + _DEAD_LETTERS)
         self._retry_dead = register(_PRELUDE + _RETRY_DEAD)
         self._purge_dead = register(_PRELUDE + _PURGE_DEAD)
+        self._schedule_get = register(_PRELUDE + _SCHEDULE_GET)
+        self._schedule_put = register(_PRELUDE + _SCHEDULE_PUT)
+        self._unschedule = register(_PRELUDE + _UNSCHEDULE)
+        self._schedules = register(_PRELUDE + _SCHEDULES)
+        self._fire = register(_PRELUDE + _FIRE)
 
     @classmethod
     async def from_url(cls, url: str, *, retention: float = 3600.0) -> RedisBroker:
@@ -1014,6 +1134,106 @@ class RedisBroker:
         await self._waker.close()
         if self._owns_client:
             await self._client.aclose()
+
+    # cluster schedules (contract §9) ----------------------------------------------------
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name`; declaring never fires a run.
+
+        Redeclaring with the same every/cron/timezone keeps its next run time.
+
+        Args:
+            name: the schedule's unique name (part of each fired job's key).
+            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
+            every: seconds between ticks (exclusive with `cron`).
+            cron: a 5-field crontab read in `timezone` (exclusive with `every`).
+            timezone: an IANA time zone name.
+            jitter: delay each tick's job by a random 0..jitter seconds.
+            misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
+
+        Raises:
+            TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
+            SerializationError: the job's args or headers cannot be encoded.
+        """
+        _check_schedule_name(name)
+        if not isinstance(job, Job):
+            raise TypeError(f"job must be a pywork.Job, got {job!r}")
+        spec = ScheduleSpec.create(
+            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        declaration = _encoder.encode(
+            {
+                "payload": encode_job(job).decode(),
+                "every": spec.every,
+                "cron": spec.cron,
+                "timezone": spec.timezone,
+                "jitter": spec.jitter,
+                "misfire": spec.misfire,
+            }
+        )
+        while True:  # compare-and-set against a concurrent redeclaration
+            old, old_next, last = await self._run(self._schedule_get, [name])
+            next_run = None
+            if old is not None and old_next is not None:
+                stored = _schedule_record(name, old, old_next, None)
+                if spec.same_timing(stored.spec):
+                    next_run = int(old_next)
+            if next_run is None:
+                next_run = to_micros(spec.first_run(cronlib.now()))
+            args = [name, old or "", old_next or "", declaration, next_run]
+            if await self._run(self._schedule_put, args):
+                return _schedule_record(name, declaration, next_run, last)
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        _check_schedule_name(name)
+        return bool(await self._run(self._unschedule, [name]))
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        reply = await self._run(self._schedules, [""])
+        records = [_schedule_record(*row) for row in reply[1:]]
+        return sorted(records, key=lambda record: record.name)
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules whose next run is at or before `at` (by next run, then name), and
+        the earliest next run of the others (None when there are none)."""
+        if not isinstance(at, datetime):
+            raise TypeError(f"at must be a datetime, got {at!r}")
+        reply = await self._run(self._schedules, [to_micros(at)])
+        later = reply[0]
+        records = [_schedule_record(*row) for row in reply[1:]]
+        return records, (from_micros(int(later)) if later else None)
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, in one
+        script (the compare-and-set that makes each tick fire once across consumers).
+
+        Returns:
+            True if this call won the compare-and-set (and enqueued the jobs); False
+            (nothing changed) if another consumer fired it first or it was removed.
+        """
+        packed = _encoder.encode(
+            [self._job_args(job, None, delay if delay else None) for job, delay in jobs]
+        )
+        args = [name, to_micros(expected), to_micros(next_run_at), to_micros(last_run_at), packed]
+        return bool(await self._run(self._fire, args))
 
     # consumer side ------------------------------------------------------------------
     async def claim(
