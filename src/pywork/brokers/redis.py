@@ -743,9 +743,6 @@ def _parse_claimed(data: bytes) -> list[Delivery]:
     return deliveries
 
 
-_injector: list[Callable[[Job], None] | None] = []  # [inject] or [None], once looked up
-
-
 def _check_schedule_name(name: object) -> None:
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a str, got {name!r}")
@@ -771,6 +768,9 @@ def _schedule_record(
         jitter=fields["jitter"],
         misfire=fields["misfire"],
     )
+
+
+_injector: list[Callable[[Job], None] | None] = []  # [inject] or [None], once looked up
 
 
 def _inject_trace(job: Job) -> None:
