@@ -10,6 +10,9 @@ Per queue the store keeps a heap of ready jobs (oldest first) and a heap of time
 events (a scheduled or failed job becoming due, a lease expiring); entries carry a
 generation number, so superseded heap items are skipped lazily. :meth:`MemoryBroker.join`
 waits until the work is done, like Dramatiq's ``StubBroker.join``.
+
+Cluster schedules are a dict by name in the store; ``fire`` compares and moves a
+schedule's next run time and enqueues its jobs under the store's lock.
 """
 
 from __future__ import annotations

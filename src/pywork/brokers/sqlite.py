@@ -12,6 +12,10 @@ state = 'queued'`` makes a claim one indexed ``UPDATE … RETURNING`` inside a
 ``BEGIN IMMEDIATE`` transaction, which also takes back expired leases and promotes due
 jobs. Several processes on one machine can share the file: SQLite serialises writers.
 
+Cluster schedules live in ``pywork_schedules`` (one row per schedule, times as integer
+microseconds, indexed on ``next_run_at``); ``fire`` is a conditional ``UPDATE … WHERE
+next_run_at = ?`` and the tick's job inserts in one transaction (see docs/schedules.md).
+
 The stdlib ``sqlite3`` module blocks, so every statement runs in one dedicated thread
 per broker, never on the event loop. Waking up: enqueues through any SQLiteBroker of
 the same file in this process wake waiting consumers at once; enqueues from other
