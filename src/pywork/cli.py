@@ -274,7 +274,7 @@ def _cmd_schedules(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     async def work(broker: Broker) -> int:
-        records = await broker.schedules()  # type: ignore[attr-defined]
+        records = await broker.schedules()
         table = Table(title="pywork schedules")
         for column in ("name", "handler", "queue", "timing", "next run", "last run"):
             table.add_column(column)

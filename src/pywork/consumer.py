@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pywork._durations import duration, positive_int
 from pywork.brokers.base import Broker, Delivery, JobState, Outcome
@@ -47,7 +47,6 @@ from pywork.status import Status
 from pywork.ticker import run_ticker
 
 if TYPE_CHECKING:
-    from pywork.brokers.base import ScheduleStore
     from pywork.schedule import Execution
     from pywork.worker import Worker
 
@@ -185,16 +184,6 @@ class Consumer:
         self.worker = worker
         self.broker = broker
         self._logger = worker.logger
-        self._schedules: ScheduleStore | None = None
-        if callable(getattr(broker, "due_schedules", None)) and callable(
-            getattr(broker, "fire", None)
-        ):
-            self._schedules = cast("ScheduleStore", broker)
-        if worker._cluster_schedules and not callable(getattr(broker, "schedule", None)):
-            raise TypeError(
-                f"{type(broker).__name__} has no cluster schedules, but the worker declared "
-                f"{sorted(worker._cluster_schedules)} with Worker.schedule()"
-            )
         self._held: dict[str, _Lease] = {}  # job id -> lease, until settled or dropped
         self._pending: deque[_Lease] = deque()  # leased, not started
         self._running = 0
@@ -222,12 +211,9 @@ class Consumer:
         claimer = loop.create_task(self._claim_loop(), name="pywork-consumer-claim")
         renewer = loop.create_task(self._renew_loop(), name="pywork-consumer-renew")
         settler = loop.create_task(self._settle_loop(), name="pywork-consumer-settle")
-        ticker = None
-        if self._schedules is not None:
-            ticker = loop.create_task(
-                run_ticker(self._schedules, self._stop_event, self._logger),
-                name="pywork-consumer-ticker",
-            )
+        ticker = loop.create_task(
+            run_ticker(self.broker, self._stop_event, self._logger), name="pywork-consumer-ticker"
+        )
         self._logger.info(
             "consuming %s from %s (concurrency %d, lease %gs)",
             ",".join(self.queues),
@@ -256,9 +242,8 @@ class Consumer:
         declared = list(self.worker._cluster_schedules.items())
         if not declared:
             return
-        store = cast("ScheduleStore", self.broker)
         for name, (job, spec) in declared:
-            record = await store.schedule(
+            record = await self.broker.schedule(
                 name,
                 job,
                 every=spec.every,
@@ -310,15 +295,14 @@ class Consumer:
         claimer: asyncio.Task[None],
         renewer: asyncio.Task[None],
         settler: asyncio.Task[None],
-        ticker: asyncio.Task[None] | None,
+        ticker: asyncio.Task[None],
     ) -> None:
         await asyncio.wait([claimer])  # never cancelled mid-claim: its jobs would be orphaned
-        if ticker is not None:
-            # a fire is atomic in the broker, so cancelling one stuck on a broker call is safe
-            await asyncio.wait([ticker], timeout=TICKER_STOP_TIMEOUT)
-            if not ticker.done():
-                ticker.cancel()
-                await asyncio.wait([ticker])
+        # a fire is atomic in the broker, so cancelling one stuck on a broker call is safe
+        await asyncio.wait([ticker], timeout=TICKER_STOP_TIMEOUT)
+        if not ticker.done():
+            ticker.cancel()
+            await asyncio.wait([ticker])
         self._release_pending()
         for lease in list(self._held.values()):  # runs that ignored cancellation at stop
             execution = lease.execution

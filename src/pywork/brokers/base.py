@@ -198,8 +198,8 @@ class ScheduleStore(Protocol):
 
 
 @runtime_checkable
-class Broker(Protocol):
-    """A durable job store. One module per backend implements it."""
+class Broker(ScheduleStore, Protocol):
+    """A durable job store with its cluster schedules. One module per backend implements it."""
 
     url: str
     retention: float
