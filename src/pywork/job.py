@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -36,13 +37,29 @@ REQUEST_SIZE = "keyRequestSize"
 RESPONSE_SIZE = "keyResponseSize"
 
 _MISSING: Any = object()
-# Mersenne Twister: ids need uniqueness, not secrecy; reseeded in forked children.
-_random_bits = random.getrandbits
+
+# Job ids are cut from 4 KiB of random bytes at a time: one call instead of one per job.
+# Mersenne Twister: ids need uniqueness, not secrecy; random reseeds in forked children
+# and the pool is emptied there, so no two processes hand out the same ids.
+_ids: list[str] = []
+_ID_BATCH = 256
+
+
+def _refill_ids() -> None:
+    hexed = random.randbytes(16 * _ID_BATCH).hex()
+    _ids.extend([hexed[i : i + 32] for i in range(0, 32 * _ID_BATCH, 32)])
+
+
+os.register_at_fork(after_in_child=_ids.clear)
 
 
 def new_id() -> str:
     """Return a new random job id: 32 lowercase hex characters (128 random bits)."""
-    return f"{_random_bits(128):032x}"
+    try:
+        return _ids.pop()
+    except IndexError:
+        _refill_ids()
+        return _ids.pop()
 
 
 @dataclass(slots=True, eq=False)
