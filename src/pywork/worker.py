@@ -24,7 +24,7 @@ from pywork.errors import (
     WorkerNotRunning,
 )
 from pywork.handler import log_failure, with_outcome
-from pywork.job import Context, Job
+from pywork.job import Job
 from pywork.schedule import Execution, Schedule
 from pywork.status import Status
 from pywork.types import Adapter, AnyHandler, Handler
@@ -263,8 +263,7 @@ class Worker:
     def _launch(
         self, job: Job, chain: Handler, *, holds_slot: bool = False, attempt: int = 1
     ) -> Execution:
-        job.ctx = ctx = Context(job, self, attempt, self._number)
-        execution = Execution(job, ctx, self)
+        job.ctx = execution = Execution(job, self, attempt, self._number)
         if holds_slot:
             execution._holds_slot = True
         execution._task = self._loop.create_task(self._run(execution, chain))
@@ -280,7 +279,7 @@ class Worker:
             self._slots.release()
 
     async def _run(self, execution: Execution, chain: Handler) -> None:
-        ctx = execution.ctx
+        ctx = execution
         slots = self._slots
         if slots is not None and not execution._holds_slot:
             try:
