@@ -20,7 +20,7 @@ from servers import RedisServer, free_port
 APP = textwrap.dedent(
     """
     import asyncio, os, pathlib
-    from pywork import Worker
+    from pywork import Job, Worker
 
     worker = Worker(name="cli-test")
     out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
@@ -28,6 +28,8 @@ APP = textwrap.dedent(
     @worker.handler("echo")
     async def echo(job):
         (out / job.id).write_text(str(job.args.get("n")))
+
+    worker.schedule("tick", Job("echo", {"n": 0}), every=3600)
 
     @worker.handler("slow")
     async def slow(job):
@@ -237,3 +239,21 @@ def test_demo_completes_and_prints_summary(tmp_path: Path) -> None:
     assert "pywork demo: summary" in done.stdout
     assert "state succeeded" in done.stdout and "state dead" in done.stdout
     assert "runs/s" in done.stdout
+
+
+def test_schedules_lists_declared_schedules(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'sched.db'}")
+    empty = cli.run("schedules")
+    assert empty.returncode == 0 and "(no schedules)" in empty.stdout
+    worker = cli.start("worker", "cliapp:worker")
+    stop_all.append(worker)
+
+    def listed() -> bool:
+        done = cli.run("schedules")
+        return done.returncode == 0 and "tick" in done.stdout and "every 3600s" in done.stdout
+
+    wait_until(listed, 30, "the worker to declare its schedule")
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert "schedule tick declared" in output

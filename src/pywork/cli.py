@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -336,6 +337,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         return supervise(args, sys.argv[1:] if args.argv is None else args.argv)
     worker = load_app(args.app)
+    gc.freeze()  # what the app imported lives forever: keep it out of full collections
     return asyncio.run(_run_worker(worker, args))
 
 
