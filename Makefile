@@ -29,6 +29,9 @@ test: $(STAMP) lint typecheck services
 
 bench: $(STAMP)
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/middleware.py
+	$(BIN)/python bench/brokers.py
+	$(BIN)/python bench/schedules.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -7,7 +7,7 @@ repeatedly or for every value received from a :class:`Channel`.
 
 from __future__ import annotations
 
-from pywork.brokers import Broker, JobRecord, JobState, QueueStats, connect
+from pywork.brokers import Broker, JobRecord, JobState, QueueStats, ScheduleRecord, connect
 from pywork.channel import Channel
 from pywork.concurrent import ConcurrentJob, PerformWith
 from pywork.errors import (
@@ -75,6 +75,7 @@ __all__ = [
     "PyworkError",
     "QueueStats",
     "Schedule",
+    "ScheduleRecord",
     "SerializationError",
     "Status",
     "TooManyRequests",

@@ -15,7 +15,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pywork._durations import duration
-from pywork.brokers.base import Broker, Delivery, JobRecord, JobState, Outcome, QueueStats
+from pywork.brokers.base import (
+    Broker,
+    Delivery,
+    JobRecord,
+    JobState,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+)
 
 __all__ = [
     "DEFAULT_URL",
@@ -25,6 +33,7 @@ __all__ = [
     "JobState",
     "Outcome",
     "QueueStats",
+    "ScheduleRecord",
     "connect",
     "mask_url",
 ]
