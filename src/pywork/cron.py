@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pywork._durations import duration, optional_duration
+from pywork.encoding import encode_job
 from pywork.job import Job
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "MISFIRE_POLICIES",
     "Plan",
     "ScheduleSpec",
+    "check_schedule_name",
+    "declare",
     "from_micros",
     "now",
     "tick_key",
@@ -195,6 +198,45 @@ class ScheduleSpec:
             return False
         hour = self.cron.split()[1]
         return "*" not in hour and "/" not in hour
+
+
+def check_schedule_name(name: object) -> str:
+    """Return `name` if it is a valid schedule name (a non-empty str).
+
+    Raises:
+        TypeError: not a str.
+        ValueError: empty.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("schedule name must be a non-empty str")
+    return name
+
+
+def declare(
+    name: object,
+    job: object,
+    *,
+    every: float | timedelta | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    jitter: float | timedelta = 0.0,
+    misfire: str = "skip",
+) -> tuple[ScheduleSpec, bytes]:
+    """Validate a schedule declaration; return its spec and the job encoded for storage.
+
+    Raises:
+        TypeError, ValueError: an invalid name, job or timing (see :meth:`ScheduleSpec.create`).
+        SerializationError: the job's args or headers cannot be encoded.
+    """
+    check_schedule_name(name)
+    if not isinstance(job, Job):
+        raise TypeError(f"job must be a pywork.Job, got {job!r}")
+    spec = ScheduleSpec.create(
+        every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+    )
+    return spec, encode_job(job)
 
 
 def validate_cron(expression: str) -> str:

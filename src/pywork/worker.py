@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pywork._durations import duration, positive_int
 from pywork.channel import Channel
-from pywork.cron import ScheduleSpec
-from pywork.encoding import encode_job
+from pywork.cron import ScheduleSpec, declare
 from pywork.errors import (
     HandlerAlreadyRegistered,
     HandlerNotFound,
@@ -435,16 +434,10 @@ class Worker:
                 unknown time zone, `misfire` not "skip" or "all").
             SerializationError: the job's args or headers cannot be encoded.
         """
-        if not isinstance(name, str):
-            raise TypeError(f"schedule name must be a str, got {name!r}")
-        if not name:
-            raise ValueError("schedule name must be a non-empty str")
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a pywork.Job, got {job!r}")
-        spec = ScheduleSpec.create(
-            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        # refuses args a broker could not store now, rather than at consume
+        spec, _ = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
-        encode_job(job)  # refuse args a broker could not store, now rather than at consume
         self._cluster_schedules[name] = (job.copy(), spec)
 
     async def consume(

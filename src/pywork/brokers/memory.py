@@ -39,7 +39,7 @@ from pywork.brokers.base import (
     QueueStats,
     ScheduleRecord,
 )
-from pywork.cron import ScheduleSpec, from_micros, to_micros
+from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -719,13 +719,9 @@ class MemoryBroker:
             TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
             SerializationError: the job's args or headers cannot be encoded.
         """
-        _check_schedule_name(name)
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a pywork.Job, got {job!r}")
-        spec = ScheduleSpec.create(
-            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        spec, payload = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
-        payload = encode_job(job)
         store = self._store
         with store.lock:
             old = store.schedules.get(name)
@@ -739,7 +735,7 @@ class MemoryBroker:
 
     async def unschedule(self, name: str) -> bool:
         """Delete the schedule `name`; True if it existed."""
-        _check_schedule_name(name)
+        check_schedule_name(name)
         store = self._store
         with store.lock:
             return store.schedules.pop(name, None) is not None

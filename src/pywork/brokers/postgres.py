@@ -33,7 +33,7 @@ from pywork.brokers.base import (
     QueueStats,
     ScheduleRecord,
 )
-from pywork.cron import ScheduleSpec, from_micros, to_micros
+from pywork.cron import check_schedule_name, declare, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -943,13 +943,9 @@ class PostgresBroker:
             TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
             SerializationError: the job's args or headers cannot be encoded.
         """
-        _check_schedule_name(name)
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a pywork.Job, got {job!r}")
-        spec = ScheduleSpec.create(
-            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        spec, payload = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
-        payload = encode_job(job)
         self._check_open()
         first_run = to_micros(spec.first_run(cronlib.now()))
         row = await self._pool.fetchrow(
@@ -968,7 +964,7 @@ class PostgresBroker:
 
     async def unschedule(self, name: str) -> bool:
         """Delete the schedule `name`; True if it existed."""
-        _check_schedule_name(name)
+        check_schedule_name(name)
         self._check_open()
         status = await self._pool.execute(self._sql.unschedule, name)
         return bool(status == "DELETE 1")
@@ -1018,7 +1014,7 @@ class PostgresBroker:
             SerializationError: a job cannot be encoded (nothing changed).
             ValueError: a job id is already stored (nothing changed).
         """
-        _check_schedule_name(name)
+        check_schedule_name(name)
         expected_us = to_micros(_aware(expected, "expected"))
         next_us = to_micros(_aware(next_run_at, "next_run_at"))
         last_us = to_micros(_aware(last_run_at, "last_run_at"))

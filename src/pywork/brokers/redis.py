@@ -48,7 +48,7 @@ from pywork.brokers.base import (
     QueueStats,
     ScheduleRecord,
 )
-from pywork.cron import ScheduleSpec, from_micros, to_micros
+from pywork.cron import check_schedule_name, declare, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -1164,15 +1164,12 @@ class RedisBroker:
             TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
             SerializationError: the job's args or headers cannot be encoded.
         """
-        _check_schedule_name(name)
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a pywork.Job, got {job!r}")
-        spec = ScheduleSpec.create(
-            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        spec, payload = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
         declaration = _encoder.encode(
             {
-                "payload": encode_job(job).decode(),
+                "payload": payload.decode(),
                 "every": spec.every,
                 "cron": spec.cron,
                 "timezone": spec.timezone,
@@ -1195,7 +1192,7 @@ class RedisBroker:
 
     async def unschedule(self, name: str) -> bool:
         """Delete the schedule `name`; True if it existed."""
-        _check_schedule_name(name)
+        check_schedule_name(name)
         return bool(await self._run(self._unschedule, [name]))
 
     async def schedules(self) -> list[ScheduleRecord]:

@@ -49,7 +49,7 @@ from pywork.brokers.base import (
     QueueStats,
     ScheduleRecord,
 )
-from pywork.cron import ScheduleSpec, from_micros, to_micros
+from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
 from pywork.encoding import DecodeError, decode_job, encode_job
 from pywork.job import Job
 from pywork.status import Status
@@ -747,13 +747,9 @@ class SQLiteBroker:
             TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
             SerializationError: the job's args or headers cannot be encoded.
         """
-        _check_schedule_name(name)
-        if not isinstance(job, Job):
-            raise TypeError(f"job must be a pywork.Job, got {job!r}")
-        spec = ScheduleSpec.create(
-            every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        spec, payload = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
-        payload = encode_job(job)
 
         def upsert(db: sqlite3.Connection) -> ScheduleRecord:
             old = db.execute(
@@ -781,7 +777,7 @@ class SQLiteBroker:
 
     async def unschedule(self, name: str) -> bool:
         """Delete the schedule `name`; True if it existed."""
-        _check_schedule_name(name)
+        check_schedule_name(name)
         return await self._tx(
             lambda db: (
                 db.execute("DELETE FROM pywork_schedules WHERE name = ?", (name,)).rowcount == 1
