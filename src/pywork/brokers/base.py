@@ -162,10 +162,18 @@ class ScheduleStore(Protocol):
         jitter: float | timedelta = 0.0,
         misfire: str = "skip",
     ) -> ScheduleRecord:
-        """Declare (or redeclare) the schedule `name`; never fires a run.
+        """Declare (or redeclare) the schedule `name`; declaring never fires a run.
 
-        Validates with ``ScheduleSpec.create`` and ``encode_job``; redeclaring with the same
-        every/cron/timezone keeps ``next_run_at``, else it is ``spec.first_run(cron.now())``.
+        Each tick enqueues a copy of `job` with a new id and the key ``f"{name}@{tick}"``.
+        Exactly one of `every` (seconds) or `cron` (5 fields, read in `timezone`) is
+        given; `jitter` delays each tick's job by a random 0..jitter seconds; `misfire`
+        is "skip" (fire the latest due tick only) or "all" (the latest 100).
+        Redeclaring with the same every/cron/timezone keeps ``next_run_at``, else it is
+        ``spec.first_run(cron.now())``.
+
+        Raises:
+            TypeError, ValueError: an invalid name, job or timing (``cron.declare``).
+            SerializationError: the job's args or headers cannot be encoded.
         """
         ...
 

@@ -920,29 +920,7 @@ class PostgresBroker:
         jitter: float | timedelta = 0.0,
         misfire: str = "skip",
     ) -> ScheduleRecord:
-        """Declare (or redeclare) the schedule `name` in ``<schema>.schedules``; declaring
-        never fires a run.
-
-        Redeclaring with the same every/cron/timezone keeps its next run time (decided in
-        the upsert itself, so concurrent declarations agree); otherwise the next run is
-        computed as for a new schedule. The last run time is always kept.
-
-        Args:
-            name: the schedule's unique name (part of each fired job's key).
-            job: the job each tick enqueues a copy of (new id, key ``f"{name}@{tick}"``).
-            every: seconds between ticks (exclusive with `cron`).
-            cron: a 5-field crontab read in `timezone` (exclusive with `every`).
-            timezone: an IANA time zone name.
-            jitter: delay each tick's job by a random 0..jitter seconds.
-            misfire: "skip" (fire the latest due tick only) or "all" (the latest 100).
-
-        Returns:
-            The stored schedule.
-
-        Raises:
-            TypeError, ValueError: an invalid argument (see ``ScheduleSpec.create``).
-            SerializationError: the job's args or headers cannot be encoded.
-        """
+        """Declare (or redeclare) the schedule `name`; see :meth:`ScheduleStore.schedule`."""
         spec, payload = declare(
             name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
         )
