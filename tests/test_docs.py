@@ -1,4 +1,4 @@
-"""Every Python sample of docs/observability.md runs and prints what its comments say."""
+"""Every Python sample of the docs pages runs and prints what its comments say."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
-SAMPLES = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+SAMPLES = [
+    (page.name, index, sample)
+    for page in PAGES
+    for index, sample in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+    if "asyncio.run(" in sample  # complete programs; fragments are shown for reading
+]
 
 
 def expected_output(sample: str) -> list[str]:
@@ -18,11 +24,14 @@ def expected_output(sample: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^\s*print\(.*\)\s+# (.+)$", sample, re.M)]
 
 
-def test_the_page_has_samples() -> None:
-    assert len(SAMPLES) >= 4
+def test_the_pages_have_samples() -> None:
+    pages = {name for name, _, _ in SAMPLES}
+    assert {"brokers.md", "observability.md", "schedules.md", "workers.md"} <= pages
 
 
-@pytest.mark.parametrize("sample", SAMPLES, ids=[f"sample{i}" for i in range(len(SAMPLES))])
+@pytest.mark.parametrize(
+    "sample", [s for _, _, s in SAMPLES], ids=[f"{name}-{i}" for name, i, _ in SAMPLES]
+)
 def test_sample_runs_and_prints_what_it_says(sample: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", sample], capture_output=True, text=True, timeout=60, check=False
