@@ -50,7 +50,14 @@ if TYPE_CHECKING:
     from pywork.schedule import Execution
     from pywork.worker import Worker
 
-__all__ = ["DEFAULT_CONCURRENCY", "Consumer", "outcome_for", "prefetch_for", "retry_delay"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "Consumer",
+    "adaptive_prefetch",
+    "outcome_for",
+    "prefetch_for",
+    "retry_delay",
+]
 
 #: Concurrency of a consumer whose worker has no ``max_concurrency``.
 DEFAULT_CONCURRENCY = 100
@@ -60,6 +67,8 @@ WAIT_TIMEOUT = 1.0
 SETTLE_BATCH = 256
 #: Seconds an outcome may wait in the buffer for others to join its batch.
 SETTLE_DELAY = 0.002
+#: Seconds a prefetched job should wait for a slot, at the recent job durations.
+PREFETCH_WAIT = 0.05
 #: Backoff of retried broker calls after an error: first delay and cap, in seconds.
 ERROR_BACKOFF = (0.05, 2.0)
 #: Seconds a stopping consumer waits for a schedule fire in progress before cancelling it.
@@ -69,12 +78,22 @@ _SUCCESS = (Status.SUCCESS, Status.NO_RESPONSE)
 
 
 def prefetch_for(concurrency: int) -> int:
-    """How many jobs a consumer of `concurrency` may hold beyond those running.
+    """The most jobs a consumer of `concurrency` may hold beyond those running.
 
-    A quarter of the concurrency (at least 1, at most 100): enough to claim in batches
-    and keep every slot busy, few enough that other consumers are not starved.
+    As many as its concurrency, at most 100. The prefetch in use adapts between a
+    quarter of this and this: it is what the consumer can start within about
+    :data:`PREFETCH_WAIT` seconds at its recent job durations, so fast jobs are claimed
+    in big batches while slow ones are not hoarded away from other consumers.
     """
-    return max(1, min(concurrency // 4, 100))
+    return max(1, min(concurrency, 100))
+
+
+def adaptive_prefetch(concurrency: int, average_duration: float) -> int:
+    """The prefetch for jobs that take `average_duration` seconds (see :func:`prefetch_for`)."""
+    most = prefetch_for(concurrency)
+    least = max(1, most // 4)
+    startable = concurrency * PREFETCH_WAIT / max(average_duration, 1e-6)
+    return max(least, min(most, int(startable)))
 
 
 def retry_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -179,7 +198,8 @@ class Consumer:
             raise ValueError(f"backoff cap must be >= its base, got {backoff!r}")
         self.backoff = (base, cap)
         self.queues = tuple(dict.fromkeys(queues))
-        self.prefetch = prefetch_for(self.concurrency)
+        self.prefetch = adaptive_prefetch(self.concurrency, 1.0)  # until runs are timed
+        self._average_duration = 1.0  # seconds, moving average of recent runs
         self.renew_every = min(self.lease / 3.0, 0.5)
         self.worker = worker
         self.broker = broker
@@ -328,11 +348,11 @@ class Consumer:
 
     # claiming -------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        capacity = self.concurrency + self.prefetch
         failures = 0
         while not self._stopping:
             self._changed.clear()
-            room = capacity - len(self._held)
+            self.prefetch = adaptive_prefetch(self.concurrency, self._average_duration)
+            room = self.concurrency + self.prefetch - len(self._held)
             # claim in batches of at least `prefetch` (fewer round trips), unless the
             # consumer holds nothing that could keep its slots busy meanwhile
             if room < self.prefetch:
@@ -437,6 +457,9 @@ class Consumer:
         execution = lease.execution
         if execution is None:  # released at stop while it ignored cancellation
             return
+        took = execution.duration
+        if took is not None:
+            self._average_duration += (took - self._average_duration) * 0.05
         if lease.lost:
             self._logger.warning(
                 "job %s (%s) finished with %s after its lease was lost: result dropped",

@@ -35,7 +35,7 @@ from pywork import (
 )
 from pywork.brokers import Broker, Delivery, Outcome
 from pywork.brokers.memory import MemoryBroker
-from pywork.consumer import outcome_for, prefetch_for, retry_delay
+from pywork.consumer import adaptive_prefetch, outcome_for, prefetch_for, retry_delay
 from pywork.types import Handler
 
 _static_check: Broker = MemoryBroker()
@@ -565,7 +565,8 @@ async def test_graceful_stop_returns_unfinished_jobs_without_counting_attempts(
     task = asyncio.create_task(worker.consume(broker, concurrency=2, **FAST))
     await until(lambda: _started(started, 2), what="two runs")
     stats = (await broker.stats())["default"]
-    assert stats.running == 2 + prefetch_for(2)  # two running, one leased in advance
+    # two running, one leased in advance (no run timed yet: the slow-job prefetch)
+    assert stats.running == 2 + adaptive_prefetch(2, 1.0) == 3
     # When the worker stops before they finish
     await worker.stop(timeout=0.2)
     await asyncio.wait_for(task, 10.0)
@@ -832,4 +833,8 @@ def test_outcome_rules() -> None:
     assert stop.state == JobState.QUEUED
     error = TooManyRequests("later", retry_after=42)
     assert outcome_for(first, Status.TOO_MANY_REQUESTS, error, **options).retry_in == 42
-    assert prefetch_for(1) == 1 and prefetch_for(100) == 25 and prefetch_for(10_000) == 100
+    assert prefetch_for(1) == 1 and prefetch_for(100) == 100 and prefetch_for(10_000) == 100
+    # the prefetch in use: what starts within PREFETCH_WAIT, between a quarter and all
+    assert adaptive_prefetch(100, 1.0) == 25  # slow jobs: not hoarded
+    assert adaptive_prefetch(100, 0.1) == 50
+    assert adaptive_prefetch(100, 0.0001) == 100  # fast jobs: big batches
