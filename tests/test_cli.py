@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from servers import RedisServer, free_port
 APP = textwrap.dedent(
     """
     import asyncio, os, pathlib
-    from pywork import Job, Worker
+    from pywork import BadRequest, Job, Worker
 
     worker = Worker(name="cli-test")
     out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
@@ -30,6 +31,10 @@ APP = textwrap.dedent(
         (out / job.id).write_text(str(job.args.get("n")))
 
     worker.schedule("tick", Job("echo", {"n": 0}), every=3600)
+
+    @worker.handler("reject")
+    async def reject(job):
+        raise BadRequest("no such user")
 
     @worker.handler("slow")
     async def slow(job):
@@ -105,7 +110,7 @@ def stop_all() -> Iterator[Procs]:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(10)
+        proc.communicate(timeout=10)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -257,3 +262,47 @@ def test_schedules_lists_declared_schedules(tmp_path: Path, stop_all: Procs) -> 
     output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 0
     assert "schedule tick declared" in output
+
+
+def test_second_sigint_cancels_running_jobs_back_to_the_queue(
+    tmp_path: Path, stop_all: Procs
+) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'cancel.db'}")
+    job_id = cli.enqueue("slow", {"seconds": 60})
+    worker = cli.start("worker", "cliapp:worker", "--drain-timeout", "60")
+    stop_all.append(worker)
+    wait_until(lambda: (cli.out / f"started-{job_id}").exists(), 30, "the slow job to start")
+    lines: list[str] = []
+    assert worker.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(worker.stdout or ()), daemon=True)
+    reader.start()
+    began = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    wait_until(lambda: any("draining" in line for line in lines), 30, "the drain to begin")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(30) == 0, "".join(lines)
+    reader.join(10)
+    worker.stdout.close()
+    assert time.monotonic() - began < 20
+    assert not (cli.out / job_id).exists()
+    record = cli.status(job_id)
+    assert record["state"] == "queued" and record["attempts"] == 0
+
+
+def test_dead_letters_list_retry_and_purge(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'deadcli.db'}")
+    ids = [cli.enqueue("reject", {"n": n}) for n in range(3)]
+    worker = cli.start("worker", "cliapp:worker")
+    stop_all.append(worker)
+    wait_until(lambda: all(cli.status(i)["state"] == "dead" for i in ids), 30, "dead letters")
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=30)
+    listed = [json.loads(line) for line in cli.run("dead", "list").stdout.splitlines()]
+    assert sorted(r["id"] for r in listed) == sorted(ids)
+    assert {r["status"] for r in listed} == {400} and "no such user" in listed[0]["error"]
+    one = cli.run("dead", "retry", ids[0])
+    assert one.returncode == 0 and cli.status(ids[0])["state"] == "queued"
+    rest = cli.run("dead", "retry", "--all")
+    assert rest.returncode == 0 and "retried 2 dead jobs" in rest.stdout
+    assert all(cli.status(i)["attempts"] == 0 for i in ids)
+    assert cli.run("dead", "purge").stdout.strip() == "purged 0 dead jobs"
