@@ -306,3 +306,33 @@ def test_dead_letters_list_retry_and_purge(tmp_path: Path, stop_all: Procs) -> N
     assert rest.returncode == 0 and "retried 2 dead jobs" in rest.stdout
     assert all(cli.status(i)["attempts"] == 0 for i in ids)
     assert cli.run("dead", "purge").stdout.strip() == "purged 0 dead jobs"
+
+
+def test_processes_http_sums_metrics_over_children(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'group.db'}")
+    ids = [cli.enqueue("echo", {"n": n}) for n in range(6)]
+    port = free_port()
+    supervisor = cli.start(
+        "worker", "cliapp:worker", "--processes", "2", "--http", f"127.0.0.1:{port}"
+    )
+    stop_all.append(supervisor)
+    wait_until(lambda: all((cli.out / i).exists() for i in ids), 30, "every job to run")
+
+    def counted() -> bool:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("pywork_requests_total{") and 'handler="echo"' in line
+        )
+        return total == 6
+
+    wait_until(counted, 30, "/metrics to count the 6 jobs of both processes")
+    ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+    assert ready.status_code == 200
+    supervisor.send_signal(signal.SIGTERM)
+    supervisor.communicate(timeout=30)
+    assert supervisor.returncode == 0

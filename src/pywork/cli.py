@@ -351,6 +351,11 @@ async def _run_worker(worker: Worker, args: argparse.Namespace) -> int:
     try:
         if args.http is not None:
             server = await _start_http(worker, broker, args.http)
+        elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # a child of `--processes N --http`: the supervisor serves what it counts
+            from pywork.middleware import with_prometheus
+
+            worker.use(with_prometheus())
         concurrency = args.concurrency or worker.max_concurrency or 100
         print(
             f"pywork {__version__} worker {worker.name!r}: broker={mask_url(url)} "
