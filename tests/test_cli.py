@@ -336,3 +336,19 @@ def test_processes_http_sums_metrics_over_children(tmp_path: Path, stop_all: Pro
     supervisor.send_signal(signal.SIGTERM)
     supervisor.communicate(timeout=30)
     assert supervisor.returncode == 0
+
+
+def test_queues_watch_refreshes_until_interrupted(tmp_path: Path, stop_all: Procs) -> None:
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'watch.db'}")
+    cli.enqueue("echo", {"n": 1})
+    watch = cli.start("queues", "--watch", "--interval", "0.1")
+    stop_all.append(watch)
+    lines: list[str] = []
+    assert watch.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or ()), daemon=True)
+    reader.start()
+    wait_until(lambda: any("default" in line for line in lines), 30, "the table")
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(30) == 0
+    reader.join(10)
+    watch.stdout.close()

@@ -225,9 +225,12 @@ def _cmd_queues(args: argparse.Namespace) -> int:
     console = Console()
 
     async def work(broker: Broker) -> int:
-        if not args.watch:
-            console.print(_queues_table(await broker.stats()))
-            return 0
+        if not args.watch or not console.is_terminal:  # piped: print a table per refresh
+            while True:
+                console.print(_queues_table(await broker.stats()))
+                if not args.watch:
+                    return 0
+                await asyncio.sleep(args.interval)
         first = _queues_table(await broker.stats())
         with Live(first, console=console) as live, contextlib.suppress(asyncio.CancelledError):
             while True:
