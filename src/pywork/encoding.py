@@ -14,8 +14,9 @@ import msgspec
 
 from pywork.errors import SerializationError
 from pywork.job import Job
+from pywork.tracing import inject
 
-__all__ = ["DecodeError", "check_json", "decode_job", "encode_job"]
+__all__ = ["DecodeError", "check_json", "decode_job", "encode_for_enqueue", "encode_job"]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -72,6 +73,21 @@ def encode_job(job: Job) -> bytes:
             "headers": job.headers,
         }
     )
+
+
+def encode_for_enqueue(job: Job) -> bytes:
+    """What every broker stores on enqueue: the current trace context injected into
+    ``job.headers`` (so the consumer's span continues the producer's trace), then the
+    job encoded.
+
+    Raises:
+        TypeError: `job` is not a Job.
+        SerializationError: args or headers are not plain JSON.
+    """
+    if not isinstance(job, Job):
+        raise TypeError(f"expected a pywork.Job, got {job!r}")
+    inject(job)
+    return encode_job(job)
 
 
 def decode_job(data: bytes | str) -> Job:

@@ -40,7 +40,7 @@ from pywork.brokers.base import (
     ScheduleRecord,
 )
 from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_job
+from pywork.encoding import DecodeError, decode_job, encode_for_enqueue, encode_job
 from pywork.job import Job
 from pywork.status import Status
 
@@ -366,11 +366,6 @@ class MemoryBroker:
         return f"<MemoryBroker {self.url!r}>"
 
     # producer side --------------------------------------------------------------
-    def _prepare(self, job: Job) -> bytes:
-        if not isinstance(job, Job):
-            raise TypeError(f"expected a pywork.Job, got {job!r}")
-        _inject(job)
-        return encode_job(job)
 
     def _add(self, job: Job, payload: bytes, start: float | None, now: float) -> str:
         store = self._store
@@ -414,7 +409,7 @@ class MemoryBroker:
         """
         now = time.time()
         start = _start_time(at, delay, now)
-        payload = self._prepare(job)
+        payload = encode_for_enqueue(job)
         store = self._store
         with store.lock:
             job_id = self._add(job, payload, start, now)
@@ -429,7 +424,7 @@ class MemoryBroker:
         """
         if isinstance(jobs, Job) or not isinstance(jobs, Sequence):
             raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
-        payloads = [self._prepare(job) for job in jobs]
+        payloads = [encode_for_enqueue(job) for job in jobs]
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids):
             raise ValueError("enqueue_many got the same job id twice")
@@ -825,12 +820,3 @@ def _check_schedule_name(name: object) -> None:
         raise TypeError(f"schedule name must be a str, got {name!r}")
     if not name:
         raise ValueError("schedule name must be a non-empty str")
-
-
-def _inject(job: Job) -> None:
-    """Put the current trace context in ``job.headers`` when pywork.tracing is available."""
-    try:
-        from pywork.tracing import inject  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return
-    inject(job)

@@ -34,7 +34,7 @@ from pywork.brokers.base import (
     ScheduleRecord,
 )
 from pywork.cron import check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_job
+from pywork.encoding import DecodeError, decode_job, encode_for_enqueue, encode_job
 from pywork.job import Job
 from pywork.status import Status
 
@@ -508,12 +508,6 @@ class PostgresBroker:
             raise RuntimeError(f"{self!r} is closed")
 
     # producer side --------------------------------------------------------------
-    @staticmethod
-    def _prepare(job: Job) -> bytes:
-        if not isinstance(job, Job):
-            raise TypeError(f"expected a pywork.Job, got {job!r}")
-        _inject(job)
-        return encode_job(job)
 
     async def enqueue(
         self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
@@ -540,7 +534,7 @@ class PostgresBroker:
             raise TypeError(f"at must be a datetime.datetime, got {at!r}")
         seconds = optional_duration(delay, "delay")
         when = None if at is None else at.astimezone(UTC)  # naive: local time
-        payload = self._prepare(job)
+        payload = encode_for_enqueue(job)
         self._check_open()
         for _ in range(10):
             try:
@@ -578,7 +572,7 @@ class PostgresBroker:
         """
         if isinstance(jobs, Job) or not isinstance(jobs, Sequence):
             raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
-        payloads = [self._prepare(job) for job in jobs]
+        payloads = [encode_for_enqueue(job) for job in jobs]
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids):
             raise ValueError("enqueue_many got the same job id twice")
@@ -1071,12 +1065,3 @@ def _queues(queues: Sequence[str]) -> list[str]:
     if not queues or not all(isinstance(q, str) and q for q in queues):
         raise ValueError(f"queues must hold at least one non-empty str, got {queues!r}")
     return list(queues)
-
-
-def _inject(job: Job) -> None:
-    """Put the current trace context in ``job.headers`` when pywork.tracing is available."""
-    try:
-        from pywork.tracing import inject
-    except ImportError:
-        return
-    inject(job)

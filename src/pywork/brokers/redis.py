@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,7 +49,7 @@ from pywork.brokers.base import (
     ScheduleRecord,
 )
 from pywork.cron import check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_job
+from pywork.encoding import DecodeError, decode_job, encode_for_enqueue
 from pywork.job import Job
 from pywork.status import Status
 
@@ -770,23 +770,6 @@ def _schedule_record(
     )
 
 
-_injector: list[Callable[[Job], None] | None] = []  # [inject] or [None], once looked up
-
-
-def _inject_trace(job: Job) -> None:
-    """Put the current trace context in ``job.headers`` (when pywork.tracing is there)."""
-    if not _injector:
-        try:
-            from pywork.tracing import inject  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            _injector.append(None)
-        else:
-            _injector.append(inject)
-    inject_ = _injector[0]
-    if inject_ is not None:
-        inject_(job)
-
-
 def _check_queues(queues: Sequence[str]) -> list[str]:
     if isinstance(queues, str) or not isinstance(queues, Sequence):
         raise TypeError(f"queues must be a sequence of queue names, got {queues!r}")
@@ -1017,10 +1000,7 @@ class RedisBroker:
 
     # producer side ------------------------------------------------------------------
     def _job_args(self, job: Job, at: datetime | None, delay: float | None) -> list[str]:
-        if not isinstance(job, Job):
-            raise TypeError(f"enqueue takes a pywork.Job, got {job!r}")
-        _inject_trace(job)
-        payload = encode_job(job).decode()
+        payload = encode_for_enqueue(job).decode()
         if delay is not None:
             when = f"d{_ms(delay)}"
         elif at is not None:

@@ -50,7 +50,7 @@ from pywork.brokers.base import (
     ScheduleRecord,
 )
 from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_job
+from pywork.encoding import DecodeError, decode_job, encode_for_enqueue, encode_job
 from pywork.job import Job
 from pywork.status import Status
 
@@ -231,15 +231,6 @@ def _schedule_record(row: Sequence[Any]) -> ScheduleRecord:
     )
 
 
-def _inject(job: Job) -> None:
-    """Put the current trace context in ``job.headers`` when pywork.tracing is available."""
-    try:
-        from pywork.tracing import inject  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return
-    inject(job)
-
-
 class SQLiteBroker:
     """A broker in one SQLite file (WAL), shareable by the processes of one machine.
 
@@ -398,13 +389,6 @@ class SQLiteBroker:
             raise ValueError(f"a job with id {job.id!r} is already stored") from exc
         return job.id
 
-    @staticmethod
-    def _prepare(job: Job) -> bytes:
-        if not isinstance(job, Job):
-            raise TypeError(f"expected a pywork.Job, got {job!r}")
-        _inject(job)
-        return encode_job(job)
-
     async def enqueue(
         self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
     ) -> str:
@@ -417,7 +401,7 @@ class SQLiteBroker:
         """
         now = time.time()
         start = _start_time(at, delay, now)
-        payload = self._prepare(job)
+        payload = encode_for_enqueue(job)
         job_id = await self._tx(lambda db: self._insert(db, job, payload, start, now))
         if start is None:
             self._waiters.wake((job.queue,))
@@ -431,7 +415,7 @@ class SQLiteBroker:
         """
         if isinstance(jobs, Job) or not isinstance(jobs, Sequence):
             raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
-        payloads = [self._prepare(job) for job in jobs]
+        payloads = [encode_for_enqueue(job) for job in jobs]
         if not jobs:
             return []
         now = time.time()
