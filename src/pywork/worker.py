@@ -311,10 +311,7 @@ class Worker:
         finally:
             execution._t1 = time.monotonic()
             self._active -= 1
-            self._executions.discard(execution)
-            if execution._holds_slot:
-                execution._holds_slot = False
-                slots.release()  # type: ignore[union-attr]  # held only when slots exist
+            self._forget(execution)
 
     async def perform(self, job: Job, *, wait: bool = False) -> Execution:
         """Run `job` now; afterwards ``job.ctx`` is this execution's context.
