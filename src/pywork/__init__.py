@@ -12,6 +12,9 @@ from pywork.channel import Channel
 from pywork.concurrent import ConcurrentJob, PerformWith
 from pywork.errors import (
     BadRequest,
+    BrokerClosed,
+    BrokerError,
+    BrokerUnavailable,
     ChannelClosed,
     ChannelFull,
     Forbidden,
@@ -53,6 +56,9 @@ __all__ = [
     "Adapter",
     "BadRequest",
     "Broker",
+    "BrokerClosed",
+    "BrokerError",
+    "BrokerUnavailable",
     "Channel",
     "ChannelClosed",
     "ChannelFull",

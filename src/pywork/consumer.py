@@ -5,7 +5,7 @@ One :class:`Consumer` runs four tasks, all owned and awaited by :meth:`Consumer.
 - the **claimer** leases jobs with ``broker.claim`` in batches, never holding more than
   ``concurrency + prefetch`` jobs (running, leased-but-not-started, or finished and not
   yet settled), so a busy consumer does not hoard jobs other consumers could run; when
-  nothing is ready it sleeps in ``broker.wait`` (no busy loop);
+  nothing is ready it sleeps in ``broker.wait_for_work`` (no busy loop);
 - the **renewer** extends the leases of every held job every ``min(lease / 3, 0.5)`` s
   from the event loop (plain handlers run in threads, so they cannot starve it) and
   learns of cancellation (the run is cancelled) and of lost leases (the run's result
@@ -61,7 +61,7 @@ __all__ = [
 
 #: Concurrency of a consumer whose worker has no ``max_concurrency``.
 DEFAULT_CONCURRENCY = 100
-#: Seconds ``broker.wait`` may sleep before the claimer looks again anyway.
+#: Seconds ``broker.wait_for_work`` may sleep before the claimer looks again anyway.
 WAIT_TIMEOUT = 1.0
 #: Outcomes buffered before a settle is sent at once, and the most sent in one call.
 SETTLE_BATCH = 256
@@ -373,7 +373,7 @@ class Consumer:
             self._accept(deliveries)
             if len(deliveries) < room and not self._stopping:
                 try:
-                    await self._until_stopped(self.broker.wait(self.queues, WAIT_TIMEOUT))
+                    await self._until_stopped(self.broker.wait_for_work(self.queues, WAIT_TIMEOUT))
                 except Exception as exc:
                     failures += 1
                     await self._pause_after_error("wait", exc, failures)

@@ -16,7 +16,14 @@ from pywork.errors import SerializationError
 from pywork.job import Job
 from pywork.tracing import inject
 
-__all__ = ["DecodeError", "check_json", "decode_job", "encode_for_enqueue", "encode_job"]
+__all__ = [
+    "DecodeError",
+    "check_json",
+    "decode_args",
+    "decode_job",
+    "encode_for_enqueue",
+    "encode_job",
+]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -112,5 +119,16 @@ def decode_job(data: bytes | str) -> Job:
         )
     except DecodeError:
         raise
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise DecodeError(f"undecodable job message: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_args(data: bytes | str) -> dict[str, Any]:
+    """The args of an encoded job, or ``{}`` when `data` is not a valid encoded job
+    (a record is still shown, whatever its payload)."""
+    try:
+        fields = _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return {}
+    args = fields.get("args") if isinstance(fields, dict) else None
+    return args if isinstance(args, dict) else {}

@@ -18,7 +18,10 @@ Every exception pywork defines derives from :class:`PyworkError`::
     ├── SerializationError        (TypeError) job args a durable queue cannot encode
     ├── WorkerNotRunning          (RuntimeError) performing on a worker not started or stopped
     ├── ChannelClosed             (RuntimeError) sending on a closed Channel
-    └── ChannelFull               (RuntimeError) send_nowait on a full Channel
+    ├── ChannelFull               (RuntimeError) send_nowait on a full Channel
+    └── BrokerError               a broker call failed in its storage
+        ├── BrokerUnavailable     (ConnectionError) the broker's server or file cannot be reached
+        └── BrokerClosed          a call on a broker after its close()
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from pywork.status import Status
 
 __all__ = [
     "BadRequest",
+    "BrokerClosed",
+    "BrokerError",
+    "BrokerUnavailable",
     "ChannelClosed",
     "ChannelFull",
     "Forbidden",
@@ -178,3 +184,16 @@ class ChannelClosed(PyworkError, RuntimeError):
 
 class ChannelFull(PyworkError, RuntimeError):
     """Raised by `Channel.send_nowait` when the channel is full."""
+
+
+class BrokerError(PyworkError):
+    """Raised when a broker call fails in its storage (the root of broker failures)."""
+
+
+class BrokerUnavailable(BrokerError, ConnectionError):
+    """Raised when the broker cannot be reached; the message names host and port (or the
+    file), never a password."""
+
+
+class BrokerClosed(BrokerError):
+    """Raised by a call on a broker after its ``close()``."""

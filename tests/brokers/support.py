@@ -73,7 +73,7 @@ async def claim_one(
     max_retries: int = 3,
     timeout: float = 10.0,
 ) -> Delivery:
-    """Claim one job, sleeping in broker.wait() while none is ready."""
+    """Claim one job, sleeping in broker.wait_for_work() while none is ready."""
     deadline = time.monotonic() + timeout
     while True:
         claimed = await broker.claim(queues, 1, lease=lease, max_retries=max_retries)
@@ -81,7 +81,7 @@ async def claim_one(
             return claimed[0]
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing to claim in {queues} within {timeout}s")
-        await broker.wait(queues, 0.5)
+        await broker.wait_for_work(queues, 0.5)
 
 
 @asynccontextmanager

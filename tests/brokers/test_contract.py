@@ -55,7 +55,7 @@ async def corrupt(broker: Broker, backend: str, job_id: str) -> None:
     """Overwrite the stored message of `job_id` with bytes that are not a job."""
     if backend == "memory":
         assert isinstance(broker, MemoryBroker)
-        broker._store.jobs[job_id].payload = GARBAGE
+        broker._memory.jobs[job_id].payload = GARBAGE
     elif backend == "sqlite":
         path = urlsplit(broker.url).path[1:]
         with sqlite3.connect(path) as db:

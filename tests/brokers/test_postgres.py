@@ -66,14 +66,14 @@ async def claim_all(
 async def claim_after_wait(
     broker: PostgresBroker, *, lease: float = 30.0, max_retries: int = 3, timeout: float = 10.0
 ) -> list[Delivery]:
-    """Sleep in broker.wait() until a claim returns something (a due job, an expired lease)."""
+    """Sleep in wait_for_work() until a claim returns something (a due job, an expired lease)."""
     deadline = time.monotonic() + timeout
     while True:
         claimed = await broker.claim(["default"], 10, lease=lease, max_retries=max_retries)
         if claimed:
             return claimed
         assert time.monotonic() < deadline, "nothing became claimable"
-        await broker.wait(["default"], 5.0)
+        await broker.wait_for_work(["default"], 5.0)
 
 
 async def sql(broker: PostgresBroker, query: str, *args: object) -> object:
@@ -143,8 +143,8 @@ async def test_a_long_schema_name_still_gets_notifications(
     schema = "ü" * 31 + uuid.uuid4().hex[:1]  # 63 bytes: too long for "pywork." + it
     async with pywork.connect(f"{postgres_server.url}?schema={schema}") as broker:
         assert isinstance(broker, PostgresBroker)
-        await broker.wait(["q"], 0.01)  # the LISTEN connection is open
-        waiting = asyncio.create_task(broker.wait(["q"], 30.0))
+        await broker.wait_for_work(["q"], 0.01)  # the LISTEN connection is open
+        waiting = asyncio.create_task(broker.wait_for_work(["q"], 30.0))
         await asyncio.sleep(0.05)
         await broker.enqueue(Job("x", queue="q"))
         await asyncio.wait_for(waiting, 10.0)
@@ -290,7 +290,7 @@ async def test_lease_expiries_count_as_attempts_until_dead(broker: PostgresBroke
     assert dead.attempts == 1 and dead.finished_at is not None
 
     # after its second expiry it is dead too, and nothing is left to claim
-    await broker.wait(["default"], 5.0)
+    await broker.wait_for_work(["default"], 5.0)
     assert await broker.claim(["default"], 10, lease=30.0, max_retries=1) == []
     record = await broker.get(plain)
     assert record is not None and record.state == JobState.DEAD and record.attempts == 2
@@ -329,9 +329,9 @@ async def test_cancel_running_job_is_reported_by_renew(broker: PostgresBroker) -
 # ---------------------------------------------------------------------------------------
 async def test_wait_is_woken_by_an_enqueue_from_another_connection(open_pg: OpenPg) -> None:
     consumer, producer = await open_pg(), await open_pg()
-    await consumer.wait(["mail"], 0.01)  # the LISTEN connection is open
+    await consumer.wait_for_work(["mail"], 0.01)  # the LISTEN connection is open
     started = time.monotonic()
-    waiting = asyncio.create_task(consumer.wait(["mail"], 30.0))
+    waiting = asyncio.create_task(consumer.wait_for_work(["mail"], 30.0))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await producer.enqueue(Job("x", queue="mail"))
@@ -342,7 +342,7 @@ async def test_wait_is_woken_by_an_enqueue_from_another_connection(open_pg: Open
 
 async def test_wait_returns_at_once_when_work_is_ready(broker: PostgresBroker) -> None:
     await broker.enqueue(Job("x"))
-    await asyncio.wait_for(broker.wait(["default"], 30.0), 5.0)
+    await asyncio.wait_for(broker.wait_for_work(["default"], 30.0), 5.0)
 
 
 async def test_wait_sleeps_until_a_delayed_job_is_due(broker: PostgresBroker) -> None:
@@ -352,7 +352,7 @@ async def test_wait_sleeps_until_a_delayed_job_is_due(broker: PostgresBroker) ->
     assert stats["default"] == QueueStats(scheduled=1)
     assert await broker.claim(["default"], 10, lease=30.0, max_retries=3) == []
     started = time.monotonic()
-    await broker.wait(["default"], 30.0)  # nothing is enqueued: only the due time wakes it
+    await broker.wait_for_work(["default"], 30.0)  # nothing is enqueued: only the due time wakes it
     assert time.monotonic() - started < 10.0
     assert datetime.now(UTC) >= at - timedelta(milliseconds=50)  # not before it was due
     (delivery,) = await claim_after_wait(broker)
@@ -427,7 +427,7 @@ async def test_restart_while_consuming_loses_nothing(
     stats = (await producer.stats())["default"]
     assert stats == QueueStats(succeeded=250)
     # and the LISTEN connection came back: an enqueue wakes a waiter again
-    waiting = asyncio.create_task(broker.wait(["late"], 30.0))
+    waiting = asyncio.create_task(broker.wait_for_work(["late"], 30.0))
     await asyncio.sleep(0.05)
     await producer.enqueue(Job("x", queue="late"))
     await asyncio.wait_for(waiting, 10.0)

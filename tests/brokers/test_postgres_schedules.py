@@ -352,8 +352,8 @@ async def test_concurrent_fires_of_one_tick_have_one_winner(open_pg: OpenPg) -> 
 async def test_fire_wakes_a_waiting_consumer(open_pg: OpenPg) -> None:
     consumer, ticker = await open_pg(), await open_pg()
     record = await ticker.schedule("wake", Job("x", queue="woken"), every=60)
-    await consumer.wait(["woken"], 0.01)  # the LISTEN connection is open
-    waiting = asyncio.create_task(consumer.wait(["woken"], 60.0))
+    await consumer.wait_for_work(["woken"], 0.01)  # the LISTEN connection is open
+    waiting = asyncio.create_task(consumer.wait_for_work(["woken"], 60.0))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     assert await fire_next(ticker, record) is True

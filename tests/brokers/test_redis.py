@@ -290,7 +290,7 @@ async def test_wait_wakes_on_work_from_another_connection(open_redis: OpenRedis)
     consumer = await open_redis()
     producer = await open_redis(consumer.prefix)
     assert await consumer.claim(["q"], 10, lease=30.0, max_retries=3) == []
-    waiting = asyncio.create_task(consumer.wait(["q"], 30.0))
+    waiting = asyncio.create_task(consumer.wait_for_work(["q"], 30.0))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await producer.enqueue(Job("x", queue="other"))  # not a queue it waits on
@@ -301,7 +301,7 @@ async def test_wait_wakes_on_work_from_another_connection(open_redis: OpenRedis)
     await asyncio.wait_for(waiting, 5.0)
     assert time.monotonic() - t0 < 1.0
     # work that is already there: wait returns at once
-    await asyncio.wait_for(consumer.wait(["q"], 30.0), 1.0)
+    await asyncio.wait_for(consumer.wait_for_work(["q"], 30.0), 1.0)
 
 
 async def test_wait_sleeps_until_the_next_due_time(broker: RedisBroker) -> None:
@@ -309,20 +309,20 @@ async def test_wait_sleeps_until_the_next_due_time(broker: RedisBroker) -> None:
     await broker.enqueue(Job("x"), delay=0.3)
     t0 = time.monotonic()
     while not await broker.claim(["default"], 1, lease=30.0, max_retries=3):
-        await broker.wait(["default"], 30.0)
+        await broker.wait_for_work(["default"], 30.0)
     took = time.monotonic() - t0
     assert 0.25 <= took < 5.0
     # nothing due at all: the timeout bounds the wait
     await broker.claim(["empty"], 1, lease=30.0, max_retries=3)
-    await broker.wait(["empty"], 0)  # takes the wake-up our own claim's promotion published
+    await broker.wait_for_work(["empty"], 0)  # takes our own claim's wake-up
     t0 = time.monotonic()
-    await broker.wait(["empty"], 0.1)
+    await broker.wait_for_work(["empty"], 0.1)
     assert 0.08 <= time.monotonic() - t0 < 2.0
 
 
 async def test_wait_and_claim_validate_arguments(broker: RedisBroker) -> None:
     with pytest.raises(TypeError, match="queues"):
-        await broker.wait("default", 1.0)
+        await broker.wait_for_work("default", 1.0)
     with pytest.raises(ValueError, match="queues"):
         await broker.claim([], 1, lease=30.0, max_retries=3)
     with pytest.raises(ValueError, match="lease"):

@@ -1,6 +1,8 @@
 """Durable brokers and :func:`connect`, which picks one by URL scheme.
 
-Backends (one module each, none importing another): ``memory://`` (in-process),
+Every backend is a :class:`~pywork.brokers.front.BrokerFront` (argument checks, encoding,
+records and error mapping, shared) over its own storage primitives, one module or small
+package each, none importing another: ``memory://`` (in-process, the reference),
 ``sqlite:///file.db`` (the embedded default), ``redis://`` / ``rediss://``
 (``pywork[redis]``), ``postgresql://`` / ``postgres://`` (``pywork[postgres]``).
 """
@@ -12,7 +14,6 @@ import os
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from pywork._durations import duration
 from pywork.brokers.base import (
@@ -24,10 +25,12 @@ from pywork.brokers.base import (
     QueueStats,
     ScheduleRecord,
 )
+from pywork.brokers.front import BrokerFront, mask_url
 
 __all__ = [
     "DEFAULT_URL",
     "Broker",
+    "BrokerFront",
     "Delivery",
     "JobRecord",
     "JobState",
@@ -50,15 +53,6 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "postgresql": ("pywork.brokers.postgres", "PostgresBroker", "postgres"),
     "postgres": ("pywork.brokers.postgres", "PostgresBroker", "postgres"),
 }
-
-
-def mask_url(url: str) -> str:
-    """Return `url` with its password replaced by ``***`` (for logs and banners)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _backend(url: str) -> type[Any]:

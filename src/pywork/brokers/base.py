@@ -2,7 +2,10 @@
 
 A broker stores jobs and leases them to consumers. The producer side (``enqueue``,
 ``get``, ``cancel``, ``stats``, dead letters) is the public contract; the consumer
-side (``claim``, ``wait``, ``renew``, ``settle``) is what :meth:`Worker.consume` drives.
+side (``claim``, ``wait_for_work``, ``renew``, ``settle``) is what :meth:`Worker.consume`
+drives. Every backend is a :class:`~pywork.brokers.front.BrokerFront` (which validates,
+encodes and builds these records) over its own storage primitives; this module holds
+the protocol and the records the front and the backends exchange.
 
 Lifecycle of a job::
 
@@ -20,22 +23,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pywork.cron import ScheduleSpec
 from pywork.job import Job
 from pywork.status import Status
 
 __all__ = [
+    "LEASE_EXPIRED",
     "Broker",
+    "Claimed",
     "Delivery",
     "JobRecord",
     "JobState",
+    "NewJob",
     "Outcome",
     "QueueStats",
     "ScheduleRecord",
     "ScheduleStore",
+    "StoredJob",
+    "StoredSchedule",
 ]
+
+#: The error of a job dead because its lease expired too often: ``prefix + attempts + suffix``.
+#: Every backend builds it in storage from these two parts, so the texts never drift apart.
+LEASE_EXPIRED = (
+    "JobTimeout: lease expired ",
+    " times (its consumer stopped renewing it: crashed, killed or stalled)",
+)
 
 
 class JobState(StrEnum):
@@ -148,6 +163,69 @@ class ScheduleRecord:
         return ScheduleSpec(self.every, self.cron, self.timezone, self.jitter, self.misfire)
 
 
+class NewJob(NamedTuple):
+    """A job on its way into storage, encoded by the front.
+
+    ``at`` is when it becomes ready in epoch seconds (from the producer's clock) and
+    ``delay`` seconds from now (on the storage's clock); both None: ready at once.
+    """
+
+    id: str
+    queue: str
+    handler: str
+    key: str | None
+    max_retries: int | None
+    payload: bytes
+    at: float | None = None
+    delay: float | None = None
+
+
+class StoredJob(NamedTuple):
+    """A job as storage holds it; the front makes a :class:`JobRecord` of it.
+
+    Times are epoch seconds; ``payload`` is the encoded job; ``state`` and ``status``
+    are the stored values (a due scheduled/failed job is still "scheduled"/"failed":
+    the front reports it as queued).
+    """
+
+    id: str
+    handler: str
+    queue: str
+    payload: bytes | str
+    state: str
+    status: int | None
+    attempts: int
+    error: str | None
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    key: str | None
+    run_at: float | None
+
+
+class StoredSchedule(NamedTuple):
+    """A cluster schedule as storage holds it (times as integer microseconds)."""
+
+    name: str
+    payload: bytes | str
+    every: float | None
+    cron: str | None
+    timezone: str
+    jitter: float
+    misfire: str
+    next_run_at: int
+    last_run_at: int | None
+
+
+class Claimed(NamedTuple):
+    """One job a claim leased: the front decodes ``payload`` into a :class:`Delivery`."""
+
+    id: str
+    token: str
+    attempt: int
+    payload: bytes | str
+
+
 class ScheduleStore(Protocol):
     """The cluster-schedule side of a broker (contract §9)."""
 
@@ -214,7 +292,7 @@ class Broker(ScheduleStore, Protocol):
 
     # producer side (contract §7) ------------------------------------------------
     async def enqueue(
-        self, job: Job, *, at: datetime | None = None, delay: float | None = None
+        self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
     ) -> str:
         """Store `job` (durable once this returns) and return its id (see the contract)."""
         ...
@@ -236,7 +314,7 @@ class Broker(ScheduleStore, Protocol):
         ...
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Dead jobs, oldest first."""
+        """Dead jobs, oldest death first; `limit` is 1..1000."""
         ...
 
     async def retry_dead(self, job_id: str) -> bool:
@@ -265,7 +343,7 @@ class Broker(ScheduleStore, Protocol):
         """
         ...
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may be ready in `queues` (new, due or expired), or after
         `timeout` seconds, whichever is first. Never busy-polls."""
         ...

@@ -26,22 +26,23 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from urllib.parse import urlsplit
 
-from pywork import cron as cronlib
-from pywork._durations import duration, optional_duration, positive_int
+from pywork._durations import optional_duration
 from pywork.brokers.base import (
+    LEASE_EXPIRED,
+    Claimed,
     Delivery,
-    JobRecord,
     JobState,
+    NewJob,
     Outcome,
     QueueStats,
-    ScheduleRecord,
+    StoredJob,
+    StoredSchedule,
 )
-from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_for_enqueue, encode_job
-from pywork.job import Job
+from pywork.brokers.front import BrokerFront, duplicate_id
+from pywork.cron import ScheduleSpec
 from pywork.status import Status
 
 __all__ = ["MemoryBroker"]
@@ -72,19 +73,12 @@ class _Schedule:
         self.next = next_run
         self.last = last
 
-    def record(self) -> ScheduleRecord:
+    def stored(self) -> StoredSchedule:
         spec = self.spec
-        return ScheduleRecord(
-            name=self.name,
-            job=decode_job(self.payload),
-            every=spec.every,
-            cron=spec.cron,
-            timezone=spec.timezone,
-            next_run_at=from_micros(self.next),
-            last_run_at=None if self.last is None else from_micros(self.last),
-            jitter=spec.jitter,
-            misfire=spec.misfire,
-        )
+        return StoredSchedule(
+            self.name, self.payload, spec.every, spec.cron, spec.timezone, spec.jitter,
+            spec.misfire, self.next, self.last,
+        )  # fmt: skip
 
 
 class _Entry:
@@ -252,10 +246,7 @@ class _Store:
         if entry.attempts > limit:
             self.set_state(entry, _DEAD)
             entry.status = Status.TIMEOUT
-            entry.error = (
-                f"JobTimeout: lease expired {entry.attempts} times (its consumer stopped "
-                "renewing it: crashed, killed or stalled)"
-            )
+            entry.error = f"{LEASE_EXPIRED[0]}{entry.attempts}{LEASE_EXPIRED[1]}"
             entry.finished_at = now
         else:
             self.set_state(entry, _QUEUED)
@@ -305,26 +296,7 @@ _NAMED: weakref.WeakValueDictionary[str, _Store] = weakref.WeakValueDictionary()
 _NAMED_LOCK = threading.Lock()
 
 
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _start_time(at: datetime | None, delay: float | timedelta | None, now: float) -> float | None:
-    """When a job enqueued with `at`/`delay` becomes ready, or None for at once."""
-    if at is not None and delay is not None:
-        raise ValueError("pass either at= or delay=, not both")
-    if at is not None:
-        if not isinstance(at, datetime):
-            raise TypeError(f"at must be a datetime.datetime, got {at!r}")
-        when = at.timestamp()  # naive: local time, as perform_at
-        return when if when > now else None
-    seconds = optional_duration(delay, "delay")
-    if seconds:
-        return now + seconds
-    return None
-
-
-class MemoryBroker:
+class MemoryBroker(BrokerFront):
     """An in-process broker (the reference implementation of :class:`~pywork.Broker`).
 
     Args:
@@ -340,18 +312,16 @@ class MemoryBroker:
     def __init__(self, name: str | None = None, *, retention: float | timedelta = 3600.0) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be None or a non-empty str, got {name!r}")
-        self.retention = duration(retention, "retention")
+        super().__init__(f"memory://{name or ''}", retention=retention)
         self.name = name
-        self.url = f"memory://{name or ''}"
         if name is None:
-            self._store = _Store()
+            self._memory = _Store()
         else:
             with _NAMED_LOCK:
                 store = _NAMED.get(name)
                 if store is None:
                     store = _NAMED[name] = _Store()
-            self._store = store
-        self._closed = False
+            self._memory = store
 
     @classmethod
     async def from_url(cls, url: str, *, retention: float = 3600.0) -> MemoryBroker:
@@ -362,126 +332,60 @@ class MemoryBroker:
         name = (parts.netloc + parts.path).strip("/") or None
         return cls(name, retention=retention)
 
-    def __repr__(self) -> str:
-        return f"<MemoryBroker {self.url!r}>"
-
-    # producer side --------------------------------------------------------------
-
-    def _add(self, job: Job, payload: bytes, start: float | None, now: float) -> str:
-        store = self._store
+    # storage primitives -----------------------------------------------------------
+    def _add(self, job: NewJob, now: float) -> str:
+        store = self._memory
         if job.key is not None:
             holder = store.keys.get(job.key)
             if holder is not None:
                 return holder
-        if job.id in store.jobs:
-            raise ValueError(f"a job with id {job.id!r} is already stored")
         entry = _Entry(
-            job.id, job.queue, job.handler, payload, job.key, job.max_retries, next(store.seq), now
-        )
+            job.id, job.queue, job.handler, job.payload, job.key, job.max_retries,
+            next(store.seq), now,
+        )  # fmt: skip
         store.jobs[job.id] = entry
         store.counts[job.queue][_QUEUED] += 1
         if job.key is not None:
             store.keys[job.key] = job.id
-        if start is None:
+        start = job.at if job.at is not None else (now + job.delay if job.delay else None)
+        if start is None or start <= now:
             store.push_ready(entry)
         else:
             store.set_state(entry, _SCHEDULED)
             store.push_timed(entry, start)
         return job.id
 
-    async def enqueue(
-        self,
-        job: Job,
-        *,
-        at: datetime | None = None,
-        delay: float | timedelta | None = None,
-    ) -> str:
-        """Store `job` and return its id (or the id of the active job holding its key).
+    def _add_all(self, jobs: list[NewJob], now: float) -> list[str]:
+        """Store `jobs` (all or nothing: ids are checked first) and wake their queues."""
+        store = self._memory
+        for job in jobs:
+            if job.id in store.jobs:
+                raise duplicate_id(job.id)
+        ids = [self._add(job, now) for job in jobs]
+        store.notify(list({job.queue for job in jobs}))
+        return ids
 
-        Args:
-            job: the job; its args and headers must be plain JSON.
-            at: run at this time (naive = local time; a past time runs at once).
-            delay: run after this many seconds. Exclusive with `at`.
+    async def _store(self, jobs: list[NewJob]) -> list[str]:
+        with self._memory.lock:
+            return self._add_all(jobs, time.time())
 
-        Raises:
-            SerializationError: args or headers cannot be encoded (nothing is stored).
-            ValueError: both `at` and `delay`, a negative delay, or a duplicate job id.
-        """
-        now = time.time()
-        start = _start_time(at, delay, now)
-        payload = encode_for_enqueue(job)
-        store = self._store
-        with store.lock:
-            job_id = self._add(job, payload, start, now)
-            store.notify((job.queue,))
-        return job_id
+    @staticmethod
+    def _stored(entry: _Entry) -> StoredJob:
+        return StoredJob(
+            entry.id, entry.handler, entry.queue, entry.payload, entry.state.value,
+            None if entry.status is None else int(entry.status), entry.attempts, entry.error,
+            entry.enqueued_at, entry.started_at, entry.finished_at, entry.key,
+            entry.run_at if entry.state in _TIMED else None,
+        )  # fmt: skip
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        """Store `jobs` all or nothing (every job is encoded before any is stored).
-
-        Raises:
-            SerializationError: a job cannot be encoded (nothing is stored).
-        """
-        if isinstance(jobs, Job) or not isinstance(jobs, Sequence):
-            raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
-        payloads = [encode_for_enqueue(job) for job in jobs]
-        ids = [job.id for job in jobs]
-        if len(set(ids)) != len(ids):
-            raise ValueError("enqueue_many got the same job id twice")
-        now = time.time()
-        store = self._store
-        with store.lock:
-            for job in jobs:
-                if job.id in store.jobs:
-                    raise ValueError(f"a job with id {job.id!r} is already stored")
-            result = [
-                self._add(job, payload, None, now)
-                for job, payload in zip(jobs, payloads, strict=True)
-            ]
-            store.notify(list({job.queue for job in jobs}))
-        return result
-
-    def _record(self, entry: _Entry) -> JobRecord:
-        try:
-            args = decode_job(entry.payload).args
-        except DecodeError:
-            args = {}
-        state = entry.state
-        if state in _TIMED and entry.run_at is not None and entry.run_at <= time.time():
-            state = _QUEUED  # due: ready for the next claim
-        return JobRecord(
-            id=entry.id,
-            handler=entry.handler,
-            queue=entry.queue,
-            args=args,
-            state=state,
-            status=entry.status,
-            attempts=entry.attempts,
-            error=entry.error,
-            enqueued_at=datetime.fromtimestamp(entry.enqueued_at, UTC),
-            started_at=_ts(entry.started_at),
-            finished_at=_ts(entry.finished_at),
-            key=entry.key,
-            run_at=_ts(entry.run_at) if state in _TIMED else None,
-        )
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        """The record of `job_id`, or None (unknown, or no longer kept)."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        store = self._store
+    async def _get(self, job_id: str) -> StoredJob | None:
+        store = self._memory
         with store.lock:
             entry = store.jobs.get(job_id)
-            return None if entry is None else self._record(entry)
+            return None if entry is None else self._stored(entry)
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a queued, scheduled, failed or running job; True if this call did it.
-
-        A running job's consumer learns of it on its next lease renewal and cancels the run.
-        """
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        store = self._store
+    async def _cancel(self, job_id: str) -> bool:
+        store = self._memory
         with store.lock:
             entry = store.jobs.get(job_id)
             if entry is None or entry.state not in _ACTIVE:
@@ -490,9 +394,8 @@ class MemoryBroker:
             store.notify(())
             return True
 
-    async def stats(self) -> dict[str, QueueStats]:
-        """Per-queue counts of jobs in each state (due scheduled/failed jobs count as queued)."""
-        store = self._store
+    async def _stats(self) -> dict[str, QueueStats]:
+        store = self._memory
         now = time.time()
         with store.lock:
             result = {}
@@ -508,24 +411,21 @@ class MemoryBroker:
                 result[queue] = QueueStats(**{state.value: n for state, n in counts.items()})
             return result
 
-    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Dead jobs (of `queue`, or all), oldest death first, at most `limit`."""
-        limit = positive_int(limit, "limit")
-        store = self._store
-        with store.lock:
-            dead = [
-                e
-                for e in store.jobs.values()
-                if e.state is _DEAD and (queue is None or e.queue == queue)
-            ]
-            dead.sort(key=lambda e: (e.finished_at or 0.0, e.seq))
-            return [self._record(e) for e in dead[:limit]]
+    def _dead(self, queue: str | None) -> list[_Entry]:
+        return [
+            e
+            for e in self._memory.jobs.values()
+            if e.state is _DEAD and (queue is None or e.queue == queue)
+        ]
 
-    async def retry_dead(self, job_id: str) -> bool:
-        """Queue a dead job again with attempts 0; True if it was dead."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        store = self._store
+    async def _dead_letters(self, queue: str | None, limit: int) -> list[StoredJob]:
+        with self._memory.lock:
+            dead = self._dead(queue)
+            dead.sort(key=lambda e: (e.finished_at or 0.0, e.seq))
+            return [self._stored(e) for e in dead[:limit]]
+
+    async def _retry_dead(self, job_id: str) -> bool:
+        store = self._memory
         with store.lock:
             entry = store.jobs.get(job_id)
             if entry is None or entry.state is not _DEAD:
@@ -543,41 +443,29 @@ class MemoryBroker:
             store.notify((entry.queue,))
             return True
 
-    async def purge_dead(self, queue: str | None = None) -> int:
-        """Delete dead jobs (of `queue`, or all); return how many."""
-        store = self._store
+    async def _purge_dead(self, queue: str | None) -> int:
+        store = self._memory
         with store.lock:
-            dead = [
-                e
-                for e in store.jobs.values()
-                if e.state is _DEAD and (queue is None or e.queue == queue)
-            ]
+            dead = self._dead(queue)
             for entry in dead:
                 store.delete(entry)
             if dead:
                 store.notify(())
             return len(dead)
 
-    async def close(self) -> None:
-        """Nothing to release; the store lives while a broker or its name refers to it."""
-        self._closed = True
-
-    # consumer side --------------------------------------------------------------
-    async def claim(
-        self, queues: Sequence[str], limit: int, *, lease: float, max_retries: int
-    ) -> list[Delivery]:
-        """Lease up to `limit` ready jobs of `queues`, oldest first (see :class:`Broker`)."""
-        store = self._store
+    async def _claim(
+        self, queues: list[str], limit: int, lease: float, max_retries: int
+    ) -> list[Claimed]:
+        store = self._memory
         now = time.time()
         token = os.urandom(8).hex()
-        deliveries: list[Delivery] = []
+        claimed: list[Claimed] = []
         with store.lock:
             if now - store.last_cleanup >= _CLEANUP_EVERY:
                 store.cleanup(now)
             for queue in queues:
                 store.promote(queue, now, max_retries)
             heaps = [store.ready[q] for q in queues if store.ready.get(q)]
-            claimed: list[_Entry] = []
             while len(claimed) < limit and heaps:
                 best: list[tuple[int, int, str]] | None = None
                 for heap in heaps:
@@ -596,22 +484,14 @@ class MemoryBroker:
                 entry.token = token
                 entry.started_at = now
                 store.push_timed(entry, now + lease)
-                claimed.append(entry)
+                claimed.append(Claimed(entry.id, token, entry.attempts, entry.payload))
                 heaps = [h for h in heaps if h]
             if claimed:
                 store.notify(())
-        for entry in claimed:
-            try:
-                job: Job | None = decode_job(entry.payload)
-                error = None
-            except DecodeError as exc:
-                job, error = None, f"{type(exc).__name__}: {exc}"
-            deliveries.append(Delivery(entry.id, token, entry.attempts, job, error))
-        return deliveries
+        return claimed
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when a job of `queues` may be ready, or after `timeout` seconds."""
-        store = self._store
+    async def _wait_for_work(self, queues: list[str], timeout: float) -> None:
+        store = self._memory
         with store.lock:
             if store.has_ready(queues):
                 return
@@ -626,9 +506,8 @@ class MemoryBroker:
                 if waiter in store.work_waiters:
                     store.work_waiters.remove(waiter)
 
-    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
-        """Extend the leases still held; ``{id: "cancelled" | "lost"}`` for the others."""
-        store = self._store
+    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+        store = self._memory
         now = time.time()
         lost: dict[str, str] = {}
         with store.lock:
@@ -645,9 +524,8 @@ class MemoryBroker:
                 lost[delivery.id] = "lost"
         return lost
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Apply outcomes fenced by their tokens; per outcome, whether it was applied."""
-        store = self._store
+    async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        store = self._memory
         now = time.time()
         applied: list[bool] = []
         queues: set[str] = set()
@@ -673,99 +551,62 @@ class MemoryBroker:
                     entry.finished_at = now
                     entry.run_at = None
                     store.set_state(entry, _DEAD)
-                elif state is _QUEUED:
+                else:  # QUEUED: released untouched at shutdown
                     entry.attempts = max(0, entry.attempts - 1)
                     entry.run_at = None
                     store.set_state(entry, _QUEUED)
                     store.push_ready(entry)
                     queues.add(entry.queue)
-                else:
-                    raise ValueError(f"cannot settle a job as {state!r}")
                 applied.append(True)
             store.notify(list(queues))
         return applied
 
-    # cluster schedules (contract §9) -------------------------------------------
-    async def schedule(
-        self,
-        name: str,
-        job: Job,
-        *,
-        every: float | timedelta | None = None,
-        cron: str | None = None,
-        timezone: str = "UTC",
-        jitter: float | timedelta = 0.0,
-        misfire: str = "skip",
-    ) -> ScheduleRecord:
-        """Declare (or redeclare) the schedule `name`; see :meth:`ScheduleStore.schedule`."""
-        spec, payload = declare(
-            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
-        )
-        store = self._store
+    async def _declare_schedule(
+        self, name: str, payload: bytes, spec: ScheduleSpec, first_run: int
+    ) -> StoredSchedule:
+        store = self._memory
         with store.lock:
             old = store.schedules.get(name)
-            if old is not None and spec.same_timing(old.spec):
-                next_run = old.next
-            else:
-                next_run = to_micros(spec.first_run(cronlib.now()))
-            entry = _Schedule(name, payload, spec, next_run, None if old is None else old.last)
+            same = old is not None and spec.same_timing(old.spec)
+            entry = _Schedule(
+                name,
+                payload,
+                spec,
+                old.next if old is not None and same else first_run,
+                None if old is None else old.last,
+            )
             store.schedules[name] = entry
-            return entry.record()
+            return entry.stored()
 
-    async def unschedule(self, name: str) -> bool:
-        """Delete the schedule `name`; True if it existed."""
-        check_schedule_name(name)
-        store = self._store
+    async def _unschedule(self, name: str) -> bool:
+        store = self._memory
         with store.lock:
             return store.schedules.pop(name, None) is not None
 
-    async def schedules(self) -> list[ScheduleRecord]:
-        """Every schedule, by name."""
-        store = self._store
+    async def _schedules(self) -> list[StoredSchedule]:
+        store = self._memory
         with store.lock:
-            entries = sorted(store.schedules.values(), key=lambda e: e.name)
-            return [entry.record() for entry in entries]
+            return [entry.stored() for entry in store.schedules.values()]
 
-    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
-        """The schedules due at `at`, and the earliest next run time of the others."""
-        limit = to_micros(at)
-        store = self._store
+    async def _due_schedules(self, at: int) -> tuple[list[StoredSchedule], int | None]:
+        store = self._memory
         with store.lock:
-            due = [e for e in store.schedules.values() if e.next <= limit]
-            later = [e.next for e in store.schedules.values() if e.next > limit]
+            due = [e for e in store.schedules.values() if e.next <= at]
+            later = [e.next for e in store.schedules.values() if e.next > at]
             due.sort(key=lambda e: (e.next, e.name))
-            return [e.record() for e in due], from_micros(min(later)) if later else None
+            return [e.stored() for e in due], min(later) if later else None
 
-    async def fire(
-        self,
-        name: str,
-        expected: datetime,
-        next_run_at: datetime,
-        last_run_at: datetime,
-        jobs: Sequence[tuple[Job, float | None]],
+    async def _fire(
+        self, name: str, expected: int, next_run_at: int, last_run_at: int, jobs: list[NewJob]
     ) -> bool:
-        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, atomically.
-
-        Returns:
-            True if this call won the compare-and-set (and enqueued the jobs); False
-            (nothing changed) if another consumer fired it first or it was removed.
-        """
-        payloads = [encode_job(job) for job, _ in jobs]
-        store = self._store
-        now = time.time()
+        store = self._memory
         with store.lock:
             entry = store.schedules.get(name)
-            if entry is None or entry.next != to_micros(expected):
+            if entry is None or entry.next != expected:
                 return False
-            entry.next = to_micros(next_run_at)
-            entry.last = to_micros(last_run_at)
-            queues = set()
-            for (job, delay), payload in zip(jobs, payloads, strict=True):
-                start = now + delay if delay else None
-                self._add(job, payload, start, now)
-                if start is None:
-                    queues.add(job.queue)
-            store.notify(list(queues))
+            self._add_all(jobs, time.time())
+            entry.next = next_run_at
+            entry.last = last_run_at
             return True
 
     # testing helpers -------------------------------------------------------------
@@ -775,10 +616,12 @@ class MemoryBroker:
 
         Raises:
             TimeoutError: still busy after `timeout` seconds.
+            BrokerClosed: the broker is closed.
         """
         limit = optional_duration(timeout, "timeout")
+        self._check_open()
         deadline = None if limit is None else time.monotonic() + limit
-        store = self._store
+        store = self._memory
         while True:
             with store.lock:
                 queues = [queue] if queue is not None else list(store.counts)
@@ -802,7 +645,7 @@ class MemoryBroker:
 
     def _busy(self, queues: Sequence[str], now: float) -> bool:
         """True if a job of `queues` is queued, running, or scheduled/failed and due."""
-        store = self._store
+        store = self._memory
         for queue in queues:
             counts = store.counts.get(queue)
             if counts is not None and (counts[_QUEUED] or counts[_RUNNING]):
@@ -813,10 +656,3 @@ class MemoryBroker:
                 if entry is not None and entry.state in _TIMED and when <= now:
                     return True
         return False
-
-
-def _check_schedule_name(name: object) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"schedule name must be a str, got {name!r}")
-    if not name:
-        raise ValueError("schedule name must be a non-empty str")

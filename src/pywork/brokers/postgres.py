@@ -790,6 +790,8 @@ class PostgresBroker:
         finally:
             self._waiters.discard(waiter)
 
+    wait_for_work = wait  # (until this backend moves onto the BrokerFront)
+
     async def _next_due(self, queues: list[str]) -> float | None:
         await self._listen()  # before reading the table: no NOTIFY falls in between
         due: float | None = await self._pool.fetchval(self._sql.next_due, queues)

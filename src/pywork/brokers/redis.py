@@ -1243,6 +1243,8 @@ class RedisBroker:
                 await event.wait()
             event.clear()
 
+    wait_for_work = wait  # (until this backend moves onto the BrokerFront)
+
     async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
         """Extend the leases still held; return ``{id: "cancelled" | "lost"}`` for the others.
 

@@ -623,6 +623,8 @@ class SQLiteBroker:
         finally:
             self._waiters.remove(future)
 
+    wait_for_work = wait  # (until this backend moves onto the BrokerFront)
+
     async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
         """Extend the leases still held; ``{id: "cancelled" | "lost"}`` for the others."""
         if not deliveries:

@@ -1,0 +1,542 @@
+"""BrokerFront: the public methods every broker shares, over a backend's storage primitives.
+
+A backend subclasses :class:`BrokerFront` and implements only how jobs are stored,
+claimed and settled (the abstract ``_store``, ``_claim``, ``_settle``… below). The
+front owns everything else, once for every backend:
+
+- argument checks, with the same exception and message whatever the backend;
+- :class:`~pywork.BrokerClosed` for any call after :meth:`BrokerFront.close`;
+- encoding jobs on the way in (trace context injected) and decoding them on the way out;
+- building :class:`JobRecord`, :class:`Delivery` and :class:`ScheduleRecord` values;
+- turning the driver's errors into the :class:`~pywork.BrokerError` tree, through the
+  backend's one :meth:`BrokerFront._map_error`.
+
+So a bug fixed here is fixed for every backend, and the memory broker (the reference
+implementation) and a durable one cannot drift apart in what they accept or return.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pywork import cron as cronlib
+from pywork._durations import duration, optional_duration, positive_int
+from pywork.brokers.base import (
+    Claimed,
+    Delivery,
+    JobRecord,
+    JobState,
+    NewJob,
+    Outcome,
+    QueueStats,
+    ScheduleRecord,
+    StoredJob,
+    StoredSchedule,
+)
+from pywork.cron import ScheduleSpec, check_schedule_name, declare, to_micros
+from pywork.encoding import DecodeError, decode_args, decode_job, encode_for_enqueue, encode_job
+from pywork.errors import BrokerClosed, BrokerError, PyworkError
+from pywork.job import Job
+from pywork.status import Status
+
+__all__ = ["MAX_LIMIT", "BrokerFront", "check_queues", "duplicate_id", "mask_url"]
+
+T = TypeVar("T")
+
+#: The largest page a listing call (``dead_letters``) returns.
+MAX_LIMIT = 1000
+
+_TIMED = frozenset((JobState.SCHEDULED, JobState.FAILED))
+_SETTLE_STATES = frozenset((JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.QUEUED))
+_STATES = {state.value: state for state in JobState}
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with its password replaced by ``***`` (for logs, banners and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def duplicate_id(job_id: str) -> ValueError:
+    """The error for a job id that is already stored (backends raise it from ``_store``)."""
+    return ValueError(f"a job with id {job_id!r} is already stored")
+
+
+def check_queues(queues: object) -> list[str]:
+    """Return `queues` (a sequence of non-empty names) as a list without repeats.
+
+    Raises:
+        TypeError: a str or bytes (one name, not a sequence of names) or not a sequence.
+        ValueError: empty, or a name that is not a non-empty str.
+    """
+    if isinstance(queues, str | bytes) or not isinstance(queues, Sequence):
+        raise TypeError(
+            f"queues must be a sequence of queue names such as ['default'], got {queues!r}"
+        )
+    names = list(dict.fromkeys(queues))
+    if not names or not all(isinstance(q, str) and q for q in names):
+        raise ValueError(f"queues must be one or more non-empty str names, got {queues!r}")
+    return names
+
+
+def _check_id(job_id: object) -> None:
+    if not isinstance(job_id, str):
+        raise TypeError(f"job_id must be a str, got {job_id!r}")
+
+
+def _check_queue(queue: object) -> None:
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ValueError(f"queue must be None (every queue) or a non-empty str, got {queue!r}")
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class BrokerFront(abc.ABC):
+    """The shared front of every broker (see the module docstring).
+
+    Args:
+        url: the url it was opened with (shown masked in ``repr`` and errors).
+        retention: seconds the records of succeeded and cancelled jobs are kept (0 = not kept).
+
+    Raises:
+        TypeError, ValueError: a bad retention.
+    """
+
+    def __init__(self, url: str, *, retention: float | timedelta = 3600.0) -> None:
+        self.url = url
+        self.retention = duration(retention, "retention")
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_url(self.url)}>"
+
+    # the shared machinery ------------------------------------------------------------
+    def _map_error(self, exc: Exception) -> BrokerError | None:
+        """The BrokerError to raise for the driver error `exc`, or None to let it through.
+
+        The one place where a backend turns its driver's errors into the BrokerError
+        tree (BrokerUnavailable when the server cannot be reached).
+        """
+        return None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed(f"{self!r} is closed")
+
+    async def _do(self, primitive: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Call a storage primitive on an open broker, mapping the driver's errors."""
+        if self._closed:
+            raise BrokerClosed(f"{self!r} is closed")
+        try:
+            return await primitive(*args)
+        except PyworkError:
+            raise
+        except Exception as exc:
+            if self._closed:
+                raise BrokerClosed(f"{self!r} was closed during the call") from exc
+            mapped = self._map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    @staticmethod
+    def _new_job(job: Job, payload: bytes, at: float | None, delay: float | None) -> NewJob:
+        return NewJob(job.id, job.queue, job.handler, job.key, job.max_retries, payload, at, delay)
+
+    @staticmethod
+    def _record(stored: StoredJob, now: float) -> JobRecord:
+        state = _STATES[stored.state]
+        run_at = stored.run_at
+        if state in _TIMED:
+            if run_at is not None and run_at <= now:
+                state, run_at = JobState.QUEUED, None  # due: ready for the next claim
+        else:
+            run_at = None
+        status = stored.status
+        return JobRecord(
+            id=stored.id,
+            handler=stored.handler,
+            queue=stored.queue,
+            args=decode_args(stored.payload),
+            state=state,
+            status=None if status is None else Status(status),
+            attempts=stored.attempts,
+            error=stored.error,
+            enqueued_at=datetime.fromtimestamp(stored.enqueued_at, UTC),
+            started_at=_time(stored.started_at),
+            finished_at=_time(stored.finished_at),
+            key=stored.key,
+            run_at=_time(run_at),
+        )
+
+    @staticmethod
+    def _schedule_record(stored: StoredSchedule) -> ScheduleRecord:
+        return ScheduleRecord(
+            name=stored.name,
+            job=decode_job(stored.payload),
+            every=stored.every,
+            cron=stored.cron,
+            timezone=stored.timezone,
+            next_run_at=cronlib.from_micros(stored.next_run_at),
+            last_run_at=(
+                None if stored.last_run_at is None else cronlib.from_micros(stored.last_run_at)
+            ),
+            jitter=stored.jitter,
+            misfire=stored.misfire,
+        )
+
+    # lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect to the storage (and create its tables or scripts); idempotent.
+
+        Raises:
+            BrokerUnavailable: the server or file cannot be reached.
+        """
+        await self._do(self._open)
+
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent; every later call raises
+        :class:`~pywork.BrokerClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    # producer side (contract §7) -----------------------------------------------------
+    async def enqueue(
+        self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
+    ) -> str:
+        """Store `job` (durable once this returns) and return its id.
+
+        If `job.key` is set and a queued, scheduled, running or failed job holds that key,
+        nothing is stored and that job's id is returned.
+
+        Args:
+            job: the job; its args and headers must be plain JSON.
+            at: run it at this time (naive = local time, as ``perform_at``; a past time
+                means at once). Exclusive with `delay`.
+            delay: run it after this many seconds (or a timedelta).
+
+        Raises:
+            TypeError: `job` is not a Job, `at` not a datetime, `delay` not a duration.
+            ValueError: both `at` and `delay`, a negative delay, or a duplicate job id.
+            SerializationError: args or headers cannot be encoded (nothing is stored).
+            BrokerClosed, BrokerUnavailable: the broker is closed or cannot be reached.
+        """
+        when: float | None = None
+        seconds: float | None = None
+        if at is not None:
+            if delay is not None:
+                raise ValueError("pass either at= or delay=, not both")
+            if not isinstance(at, datetime):
+                raise TypeError(f"at must be a datetime.datetime or None, got {at!r}")
+            when = at.timestamp()  # naive: local time
+            if when <= time.time():
+                when = None
+        elif delay is not None:
+            seconds = duration(delay, "delay") or None
+        new = self._new_job(job, encode_for_enqueue(job), when, seconds)
+        ids = await self._do(self._store, [new])
+        return ids[0]
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """Store `jobs`, all or nothing, in one round trip where the backend allows.
+
+        Every job is encoded before any is stored.
+
+        Returns:
+            Per job, its id (or the id of the live job already holding its key).
+
+        Raises:
+            TypeError: `jobs` is not a sequence of Jobs.
+            ValueError: the same id twice, or an id already stored (nothing is stored).
+            SerializationError: a job cannot be encoded (nothing is stored).
+        """
+        if isinstance(jobs, Job | str | bytes) or not isinstance(jobs, Sequence):
+            raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
+        news = [self._new_job(job, encode_for_enqueue(job), None, None) for job in jobs]
+        if len({new.id for new in news}) != len(news):
+            raise ValueError("enqueue_many got the same job id twice")
+        if not news:
+            self._check_open()
+            return []
+        return await self._do(self._store, news)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of `job_id`, or None (unknown, or no longer kept)."""
+        _check_id(job_id)
+        stored = await self._do(self._get, job_id)
+        return None if stored is None else self._record(stored, time.time())
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued, scheduled, failed or running job; True if this call did it.
+
+        A running job's consumer learns of it on its next lease renewal and cancels the run.
+        """
+        _check_id(job_id)
+        return await self._do(self._cancel, job_id)
+
+    async def stats(self) -> dict[str, QueueStats]:
+        """Per-queue counts of jobs in each state, by queue name (due scheduled and
+        failed jobs count as queued)."""
+        counts = await self._do(self._stats)
+        return dict(sorted(counts.items()))
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Dead jobs (of `queue`, or of every queue), oldest death first.
+
+        Raises:
+            ValueError: `queue` is not None or a non-empty str; `limit` outside 1..1000.
+        """
+        _check_queue(queue)
+        limit = positive_int(limit, "limit")
+        if limit > MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_LIMIT}, got {limit!r}")
+        rows = await self._do(self._dead_letters, queue, limit)
+        now = time.time()
+        return [self._record(row, now) for row in rows]
+
+    async def retry_dead(self, job_id: str) -> bool:
+        """Queue a dead job again with attempts reset to 0; True if it was dead.
+
+        If another live job took its key meanwhile, the retried job loses its key.
+        """
+        _check_id(job_id)
+        return await self._do(self._retry_dead, job_id)
+
+    async def purge_dead(self, queue: str | None = None) -> int:
+        """Delete the dead jobs of `queue` (None: every queue); return how many."""
+        _check_queue(queue)
+        return await self._do(self._purge_dead, queue)
+
+    # consumer side (driven by Worker.consume) ----------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, *, lease: float, max_retries: int
+    ) -> list[Delivery]:
+        """Lease up to `limit` ready jobs of `queues` for `lease` seconds, oldest first.
+
+        See :meth:`pywork.brokers.Broker.claim`. A job whose stored message cannot be
+        decoded is delivered with ``job=None`` and the reason in ``error``.
+        """
+        names = check_queues(queues)
+        limit = positive_int(limit, "limit", minimum=0)
+        lease = duration(lease, "lease", allow_zero=False)
+        max_retries = positive_int(max_retries, "max_retries", minimum=0)
+        claimed: list[Claimed] = await self._do(self._claim, names, limit, lease, max_retries)
+        deliveries = []
+        for job_id, token, attempt, payload in claimed:
+            try:
+                deliveries.append(Delivery(job_id, token, attempt, decode_job(payload)))
+            except DecodeError as exc:
+                deliveries.append(Delivery(job_id, token, attempt, None, f"DecodeError: {exc}"))
+        return deliveries
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may be ready in `queues` (new, due or expired), or after
+        `timeout` seconds, whichever is first. Never busy-polls."""
+        names = check_queues(queues)
+        seconds = duration(timeout, "timeout")
+        await self._do(self._wait_for_work, names, seconds)
+
+    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
+        """Extend the leases still held; ``{id: "cancelled" | "lost"}`` for the others.
+
+        "cancelled": ``broker.cancel`` was called (stop the run); "lost": the lease
+        expired and the job was taken back (the run's outcome will be dropped).
+        """
+        lease = duration(lease, "lease", allow_zero=False)
+        if not deliveries:
+            self._check_open()
+            return {}
+        return await self._do(self._renew, deliveries, lease)
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes, each fenced by its lease token; per outcome, whether it was
+        applied (False: the lease was lost or the job cancelled; nothing changed).
+
+        Raises:
+            ValueError: an outcome's state is not succeeded, failed, dead or queued, or
+                its retry_in is negative.
+        """
+        for outcome in outcomes:
+            if outcome.state not in _SETTLE_STATES:
+                raise ValueError(
+                    "an outcome's state must be succeeded, failed, dead or queued, "
+                    f"got {outcome.state!r}"
+                )
+            if outcome.retry_in is not None:
+                optional_duration(outcome.retry_in, "retry_in")
+        if not outcomes:
+            self._check_open()
+            return []
+        return await self._do(self._settle, outcomes)
+
+    # cluster schedules (contract §9) -------------------------------------------------
+    async def schedule(
+        self,
+        name: str,
+        job: Job,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        jitter: float | timedelta = 0.0,
+        misfire: str = "skip",
+    ) -> ScheduleRecord:
+        """Declare (or redeclare) the schedule `name`; see
+        :meth:`pywork.brokers.ScheduleStore.schedule`."""
+        spec, payload = declare(
+            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
+        )
+        first_run = to_micros(spec.first_run(cronlib.now()))
+        stored = await self._do(self._declare_schedule, name, payload, spec, first_run)
+        return self._schedule_record(stored)
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+        check_schedule_name(name)
+        return await self._do(self._unschedule, name)
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        rows = await self._do(self._schedules)
+        return sorted((self._schedule_record(row) for row in rows), key=lambda r: r.name)
+
+    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
+        """The schedules whose next run is at or before `at` (by next run, then name), and
+        the earliest next run of the others (None when there are none).
+
+        Raises:
+            TypeError: `at` is not an aware datetime.
+        """
+        if not isinstance(at, datetime) or at.utcoffset() is None:
+            raise TypeError(f"at must be an aware datetime.datetime, got {at!r}")
+        rows, later = await self._do(self._due_schedules, to_micros(at))
+        records = [self._schedule_record(row) for row in rows]
+        return records, None if later is None else cronlib.from_micros(later)
+
+    async def fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_run_at: datetime,
+        last_run_at: datetime,
+        jobs: Sequence[tuple[Job, float | None]],
+    ) -> bool:
+        """If `name` still runs next at `expected`, move it on and enqueue `jobs` (each with
+        its delay in seconds or None), atomically: the compare-and-set that makes each tick
+        fire once across consumers.
+
+        Returns:
+            True if this call won (and enqueued the jobs); False (nothing changed) if
+            another consumer fired it first or it was removed.
+        """
+        check_schedule_name(name)
+        news = [self._new_job(job, encode_job(job), None, delay or None) for job, delay in jobs]
+        return await self._do(
+            self._fire,
+            name,
+            to_micros(expected),
+            to_micros(next_run_at),
+            to_micros(last_run_at),
+            news,
+        )
+
+    # storage primitives: what each backend implements ---------------------------------
+    async def _open(self) -> None:  # noqa: B027 (a hook: most backends need nothing)
+        """Connect and prepare the storage (idempotent)."""
+
+    async def _close(self) -> None:  # noqa: B027
+        """Release the storage's connections and threads (called once)."""
+
+    @abc.abstractmethod
+    async def _store(self, jobs: list[NewJob]) -> list[str]:
+        """Store `jobs` atomically; per job its id, or the id of the live job (queued,
+        scheduled, running or failed) holding its key, in which case it is not stored.
+        A job id already stored raises :func:`duplicate_id` and stores nothing. Wakes
+        consumers of the queues of jobs ready now."""
+
+    @abc.abstractmethod
+    async def _get(self, job_id: str) -> StoredJob | None:
+        """The stored job `job_id`, or None."""
+
+    @abc.abstractmethod
+    async def _cancel(self, job_id: str) -> bool:
+        """Move a live job to cancelled (kept `retention` seconds, and for a running job
+        at least until its lease ends); True if this call did it."""
+
+    @abc.abstractmethod
+    async def _stats(self) -> dict[str, QueueStats]:
+        """Per queue that has jobs, the counts by state (due scheduled/failed as queued)."""
+
+    @abc.abstractmethod
+    async def _dead_letters(self, queue: str | None, limit: int) -> list[StoredJob]:
+        """At most `limit` dead jobs of `queue` (None: all), oldest death first."""
+
+    @abc.abstractmethod
+    async def _retry_dead(self, job_id: str) -> bool:
+        """Queue the dead job again (attempts, status, error and times reset; its key
+        dropped when another live job holds it now); True if it was dead."""
+
+    @abc.abstractmethod
+    async def _purge_dead(self, queue: str | None) -> int:
+        """Delete the dead jobs of `queue` (None: all); how many."""
+
+    @abc.abstractmethod
+    async def _claim(
+        self, queues: list[str], limit: int, lease: float, max_retries: int
+    ) -> list[Claimed]:
+        """Lease up to `limit` ready jobs (see :meth:`pywork.brokers.Broker.claim`): take
+        back expired leases (queued again, or dead with ``LEASE_EXPIRED`` once attempts
+        exceed the job's max_retries, else `max_retries`), make due jobs ready, then lease
+        the oldest ready ones with attempts + 1 and one new fencing token."""
+
+    @abc.abstractmethod
+    async def _wait_for_work(self, queues: list[str], timeout: float) -> None:
+        """Sleep until work may be ready in `queues` or `timeout` passes (no busy poll)."""
+
+    @abc.abstractmethod
+    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+        """Extend the leases still held by these tokens; reasons for the others."""
+
+    @abc.abstractmethod
+    async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply the (validated) outcomes fenced by their tokens; per outcome, applied?"""
+
+    @abc.abstractmethod
+    async def _declare_schedule(
+        self, name: str, payload: bytes, spec: ScheduleSpec, first_run: int
+    ) -> StoredSchedule:
+        """Insert or replace the schedule `name`. A redeclaration whose timing is the
+        same (``spec.same_timing``) keeps its next run time; otherwise next_run_at is
+        `first_run` (µs). last_run_at is kept either way."""
+
+    @abc.abstractmethod
+    async def _unschedule(self, name: str) -> bool:
+        """Delete the schedule `name`; True if it existed."""
+
+    @abc.abstractmethod
+    async def _schedules(self) -> list[StoredSchedule]:
+        """Every stored schedule (any order)."""
+
+    @abc.abstractmethod
+    async def _due_schedules(self, at: int) -> tuple[list[StoredSchedule], int | None]:
+        """The schedules with next_run_at <= `at` (µs), by next run then name, and the
+        earliest next_run_at of the others."""
+
+    @abc.abstractmethod
+    async def _fire(
+        self, name: str, expected: int, next_run_at: int, last_run_at: int, jobs: list[NewJob]
+    ) -> bool:
+        """Atomically: if `name`'s next_run_at is `expected`, set next/last run and store
+        `jobs` as :meth:`_store` does (held keys honoured). True if this call won."""
