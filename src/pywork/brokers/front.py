@@ -93,8 +93,12 @@ def _check_id(job_id: object) -> None:
 
 
 def _check_queue(queue: object) -> None:
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise ValueError(f"queue must be None (every queue) or a non-empty str, got {queue!r}")
+    if queue is None:
+        return
+    if not isinstance(queue, str):
+        raise TypeError(f"queue must be None (every queue) or a queue name, got {queue!r}")
+    if not queue:
+        raise ValueError("queue must be None (every queue) or a non-empty queue name, got ''")
 
 
 def _time(value: float | None) -> datetime | None:
@@ -296,7 +300,8 @@ class BrokerFront(abc.ABC):
         """Dead jobs (of `queue`, or of every queue), oldest death first.
 
         Raises:
-            ValueError: `queue` is not None or a non-empty str; `limit` outside 1..1000.
+            TypeError: `queue` is not None or a str; `limit` is not an int.
+            ValueError: `queue` is empty; `limit` is outside 1..1000.
         """
         _check_queue(queue)
         limit = positive_int(limit, "limit")
