@@ -43,6 +43,7 @@ from pywork.job import (
 )
 from pywork.schedule import Execution, Schedule
 from pywork.status import Status
+from pywork.sync import SyncBroker, connect_sync
 from pywork.types import Adapter, Handler
 from pywork.worker import Worker
 
@@ -84,6 +85,7 @@ __all__ = [
     "ScheduleRecord",
     "SerializationError",
     "Status",
+    "SyncBroker",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
@@ -92,4 +94,5 @@ __all__ = [
     "__version__",
     "adapt",
     "connect",
+    "connect_sync",
 ]
