@@ -16,6 +16,7 @@ Every exception pywork defines derives from :class:`PyworkError`::
     ├── HandlerNotFound           (LookupError) performing a job whose handler is not registered
     ├── HandlerAlreadyRegistered  (ValueError) registering a handler name twice
     ├── SerializationError        (TypeError) job args a durable queue cannot encode
+    ├── InvalidArgs               (ValueError) job args that do not convert to a handler's model
     ├── WorkerNotRunning          (RuntimeError) performing on a worker not started or stopped
     ├── ChannelClosed             (RuntimeError) sending on a closed Channel
     ├── ChannelFull               (RuntimeError) send_nowait on a full Channel
@@ -41,6 +42,7 @@ __all__ = [
     "HandlerAlreadyRegistered",
     "HandlerNotFound",
     "InternalError",
+    "InvalidArgs",
     "JobError",
     "JobTimeout",
     "NoResponse",
@@ -172,6 +174,11 @@ class HandlerAlreadyRegistered(PyworkError, ValueError):
 
 class SerializationError(PyworkError, TypeError):
     """Raised when job args cannot be encoded for a durable queue; names the key path."""
+
+
+class InvalidArgs(PyworkError, ValueError):
+    """Raised when job args do not convert to a handler's args model (the message names
+    the field and what was expected); the run ends with BAD_REQUEST."""
 
 
 class WorkerNotRunning(PyworkError, RuntimeError):
