@@ -28,6 +28,7 @@ from pywork.errors import (
     Unauthorized,
     Unavailable,
     WorkerNotRunning,
+    status_for,
 )
 from pywork.handler import adapt
 from pywork.job import (
@@ -86,4 +87,5 @@ __all__ = [
     "__version__",
     "adapt",
     "connect",
+    "status_for",
 ]

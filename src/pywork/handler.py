@@ -9,7 +9,7 @@ import inspect
 import logging
 from typing import Any, cast
 
-from pywork.errors import JobError, JobTimeout
+from pywork.errors import JobError, JobTimeout, status_for
 from pywork.job import Context, Job
 from pywork.status import Status
 from pywork.types import Adapter, AnyHandler, Handler
@@ -109,10 +109,8 @@ def log_failure(ctx: Context, exc: BaseException, what: str) -> None:
 
 def _fail(ctx: Context, exc: Exception) -> None:
     ctx.error = exc
-    if isinstance(exc, JobError):
-        ctx._status = exc.status
-    else:
-        ctx._status = Status.INTERNAL_ERROR
+    ctx._status = status_for(exc)
+    if not isinstance(exc, JobError):  # a JobError is an outcome, not a failure to log
         log_failure(ctx, exc, "handler")
 
 

@@ -21,6 +21,7 @@ from pywork.errors import (
     HandlerNotFound,
     JobError,
     WorkerNotRunning,
+    status_for,
 )
 from pywork.handler import log_failure, with_outcome
 from pywork.job import Job
@@ -303,10 +304,8 @@ class Worker:
                 ctx._status = _CANCELLED
         except Exception as exc:  # an adapter raised: recovered like a handler
             ctx.error = exc
-            if isinstance(exc, JobError):
-                ctx._status = exc.status
-            else:
-                ctx._status = Status.INTERNAL_ERROR
+            ctx._status = status_for(exc)
+            if not isinstance(exc, JobError):
                 log_failure(ctx, exc, "middleware around")
         finally:
             execution._t1 = time.monotonic()
