@@ -206,7 +206,8 @@ class Worker:
     async def _shutdown(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         schedules = list(self._schedules)
-        for schedule in schedules:
+        for schedule in schedules:  # cancelled (contract §16); their runs get the grace period
+            schedule.cancelled = True
             schedule._close_intake()
         drivers = [s._driver for s in schedules if s._driver is not None]
         if drivers:
