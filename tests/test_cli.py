@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port
 
 APP = textwrap.dedent(
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -145,7 +146,9 @@ def test_catching_by_builtin_base() -> None:
 
 
 @pytest.mark.parametrize(("cls", "status"), FIXED)
-def test_status_for_a_fixed_status_error_is_its_status(cls: type[JobError], status: Status) -> None:
+def test_status_for_a_fixed_status_error_is_its_status(
+    cls: Callable[[str], JobError], status: Status
+) -> None:
     assert status_for(cls("x")) is status
 
 

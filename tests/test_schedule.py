@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from helpers import Gauge, other_tasks, wait_until
 from pywork import Channel, Job, Status, Worker
+from tests.helpers import Gauge, other_tasks, wait_until
 
 # perform_every ---------------------------------------------------------------------------
 
