@@ -2,8 +2,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# extra pytest arguments: make test ARGS='-k redis'
+ARGS ?=
 
-.PHONY: demo test lint typecheck services bench clean
+.PHONY: demo check test lint typecheck services bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +21,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests examples bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests
+
+# lint and types: what CI checks before it runs the tests
+check: lint typecheck
 
 services:
 	bash scripts/install-services.sh
 
-test: $(STAMP) lint typecheck services
-	$(BIN)/python -m pytest
+# the whole suite, as CI runs it (.ci/run)
+test: check services
+	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/core.py

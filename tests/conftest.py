@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import PostgresServer, RedisServer, missing
+from tests.servers import PostgresServer, RedisServer, missing
 
 
 @pytest.fixture(scope="session")

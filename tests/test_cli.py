@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port
 
 APP = textwrap.dedent(
     """
@@ -333,6 +333,8 @@ def test_processes_http_sums_metrics_over_children(tmp_path: Path, stop_all: Pro
     wait_until(counted, 30, "/metrics to count the 6 jobs of both processes")
     ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
     assert ready.status_code == 200
+    index = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()  # ops.create_app's
+    assert [p["number"] for p in index["processes"]] == [1, 2] and index["ready"] is True
     supervisor.send_signal(signal.SIGTERM)
     supervisor.communicate(timeout=30)
     assert supervisor.returncode == 0

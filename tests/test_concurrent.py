@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from helpers import Gauge, other_tasks, pywork_threads, wait_until
 from pywork import (
     Adapter,
     Channel,
@@ -27,6 +26,7 @@ from pywork import (
     Status,
     Worker,
 )
+from tests.helpers import Gauge, other_tasks, pywork_threads, wait_until
 
 
 async def noop(job: Job) -> None:

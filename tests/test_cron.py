@@ -181,8 +181,8 @@ def test_a_cron_next_run_off_the_crontab_still_fires_once() -> None:
     assert plan == Plan([odd], datetime(2026, 1, 15, 11, 0, tzinfo=UTC))
 
 
-def local(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=BERLIN)  # type: ignore[misc]
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=BERLIN)
 
 
 def test_fixed_time_cron_fires_once_on_the_night_clocks_go_forward() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +16,11 @@ from pywork import (
     ChannelClosed,
     ChannelFull,
     Forbidden,
+    Handler,
     HandlerAlreadyRegistered,
     HandlerNotFound,
     InternalError,
+    Job,
     JobError,
     JobTimeout,
     NoResponse,
@@ -26,7 +31,10 @@ from pywork import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    Worker,
     WorkerNotRunning,
+    adapt,
+    status_for,
 )
 
 FIXED = [
@@ -132,3 +140,61 @@ def test_catching_by_builtin_base() -> None:
         raise HandlerNotFound("no handler 'x'")
     with pytest.raises(ValueError):
         raise HandlerAlreadyRegistered("taken")
+
+
+# status_for: the one exception -> status rule ------------------------------------
+
+
+@pytest.mark.parametrize(("cls", "status"), FIXED)
+def test_status_for_a_fixed_status_error_is_its_status(
+    cls: Callable[[str], JobError], status: Status
+) -> None:
+    assert status_for(cls("x")) is status
+
+
+@pytest.mark.parametrize("status", [s for s in Status if s is not Status.UNKNOWN])
+def test_status_for_a_job_error_is_its_status(status: Status) -> None:
+    assert status_for(JobError(status)) is status
+
+
+def test_status_for_a_cancellation_is_cancelled() -> None:
+    assert status_for(asyncio.CancelledError()) is Status.CANCELLED
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [RuntimeError("boom"), ValueError(), TimeoutError("the handler's own"), KeyError("k")],
+)
+def test_status_for_any_other_exception_is_internal_error(exc: BaseException) -> None:
+    # a TimeoutError the handler raises itself is not the job's deadline
+    assert status_for(exc) is Status.INTERNAL_ERROR
+
+
+def test_status_for_a_job_timeout_is_timeout() -> None:
+    assert status_for(JobTimeout("late")) is Status.TIMEOUT
+
+
+async def test_the_worker_records_what_status_for_says() -> None:
+    errors: list[BaseException] = [JobTimeout(), BadRequest(), TimeoutError(), RuntimeError()]
+
+    async def handler(job: Job) -> None:
+        raise errors[job.args["i"]]
+
+    async def raising_adapter_handler(job: Job) -> None:
+        pass
+
+    def raising(inner: Handler) -> Handler:
+        async def run(job: Job) -> None:
+            await inner(job)
+            raise errors[job.args["i"]]
+
+        return run
+
+    async with Worker(logger=logging.getLogger("pywork.test.status_for")) as worker:
+        worker.register("h", handler)
+        worker.register("a", adapt(raising_adapter_handler, raising))
+        for i, exc in enumerate(errors):
+            for name in ("h", "a"):
+                execution = await worker.perform(Job(name, {"i": i}), wait=True)
+                assert execution.status is status_for(exc)
+                assert execution.error is exc

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import pywork_threads, wait_until
 from pywork import (
     Adapter,
     BadRequest,
@@ -25,6 +24,7 @@ from pywork import (
     Worker,
     adapt,
 )
+from tests.helpers import pywork_threads, wait_until
 
 
 def recorder(trace: list[str], name: str) -> Adapter:

@@ -232,6 +232,26 @@ async def test_index_summarises_a_concurrent_job() -> None:
     assert ready.status_code == 200
 
 
+async def test_ready_and_summary_options_extend_the_app() -> None:
+    # Given an app whose readiness and summary come from the caller (as the supervisor's)
+    up = {"children": True}
+    app = create_app(
+        registry=CollectorRegistry(),
+        ready=lambda: up["children"],
+        summary=lambda: {"processes": [{"number": 1, "alive": up["children"]}]},
+    )
+    async with served(app) as client:
+        # Then /ready follows the condition and GET / carries the extra fields
+        assert (await client.get("/ready")).status_code == 200
+        body = (await client.get("/")).json()
+        assert body["processes"] == [{"number": 1, "alive": True}] and body["ready"] is True
+        up["children"] = False
+        down = await client.get("/ready")
+        assert (down.status_code, down.text) == (500, "DOWN")
+        body = (await client.get("/")).json()
+        assert body["processes"] == [{"number": 1, "alive": False}] and body["ready"] is False
+
+
 async def test_the_app_mounts_in_another_asgi_app() -> None:
     outer = Starlette(routes=[Mount("/ops", app=create_app())])
     async with served(outer) as client:
@@ -286,6 +306,8 @@ async def test_ops_server_handle() -> None:
         ({"broker": object()}, TypeError),
         ({"health": 200}, TypeError),
         ({"registry": object()}, TypeError),
+        ({"ready": True}, TypeError),
+        ({"summary": {"a": 1}}, TypeError),
     ],
 )
 def test_create_app_rejects_invalid_arguments(

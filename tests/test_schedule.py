@@ -8,13 +8,13 @@ import logging
 import statistics
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from helpers import Gauge, other_tasks, wait_until
 from pywork import Channel, Job, Status, Worker
+from tests.helpers import Gauge, other_tasks, wait_until
 
 # perform_every ---------------------------------------------------------------------------
 
@@ -506,3 +506,61 @@ async def test_cancel_a_receive_schedule() -> None:
     assert schedule.last is not None
     assert schedule.last.status is Status.CANCELLED
     assert len(channel) == 1  # nothing received after cancel
+
+
+# stop() cancels every schedule (contract §16) ----------------------------------------
+
+
+async def test_stop_marks_every_schedule_cancelled_and_done() -> None:
+    async def quick(job: Job) -> None:
+        pass
+
+    async with Worker() as worker:
+        worker.register("quick", quick)
+        every = await worker.perform_every(Job("quick"), 3600)
+        every_waiting = await worker.perform_every(Job("quick"), 3600, wait=True)
+        later = await worker.perform_in(Job("quick"), 3600)
+        at = await worker.perform_at(Job("quick"), datetime.now() + timedelta(hours=1))
+        channel: Channel[int] = Channel()
+        received = await worker.perform_receive(Job("quick"), channel)
+        received_waiting = await worker.perform_receive(Job("quick"), channel, wait=True)
+        assert every.last is not None and every_waiting.last is not None
+        await every.last.wait(timeout=5)
+        await every_waiting.last.wait(timeout=5)
+        schedules = [every, every_waiting, later, at, received, received_waiting]
+        assert not any(s.cancelled or s.done() for s in schedules)
+    # `async with` stopped the worker
+    for schedule in schedules:
+        assert schedule.cancelled, schedule
+        assert schedule.done(), schedule
+        assert schedule.cancel() is False
+        await schedule.wait(timeout=1)
+    assert later.runs == 0 and at.runs == 0
+
+
+async def test_stop_cancels_a_schedule_whose_run_outlives_the_grace_period() -> None:
+    started = asyncio.Event()
+
+    async def forever(job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    worker = Worker()
+    worker.register("forever", forever)
+    await worker.start()
+    schedule = await worker.perform_every(Job("forever"), 3600)
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop(timeout=0.05)
+    assert schedule.cancelled
+    assert schedule.done()
+    assert schedule.last is not None
+    assert schedule.last.status is Status.CANCELLED
+
+
+async def test_a_schedule_done_before_stop_is_not_marked_cancelled() -> None:
+    async with Worker() as worker:
+        worker.register("h", lambda job: None)
+        schedule = await worker.perform_in(Job("h"), 0)
+        await schedule.wait(timeout=5)
+    assert schedule.done()
+    assert not schedule.cancelled  # it finished; stop() had nothing to cancel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 
 def _ping_redis(port: int) -> bytes:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from helpers import Gauge, other_tasks, pywork_threads, wait_until
 from pywork import (
     Adapter,
     Channel,
@@ -26,6 +25,7 @@ from pywork import (
     WorkerNotRunning,
     adapt,
 )
+from tests.helpers import Gauge, other_tasks, pywork_threads, wait_until
 
 
 async def noop(job: Job) -> None:

@@ -32,6 +32,7 @@ from pywork.errors import (
     Unauthorized,
     Unavailable,
     WorkerNotRunning,
+    status_for,
 )
 from pywork.handler import adapt
 from pywork.job import (
@@ -97,4 +98,5 @@ __all__ = [
     "adapt",
     "connect",
     "connect_sync",
+    "status_for",
 ]

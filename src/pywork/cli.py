@@ -382,7 +382,7 @@ async def _run_worker(worker: Worker, args: argparse.Namespace) -> int:
                 stopping.append(loop.create_task(worker.stop(args.drain_timeout)))
             elif sig == signal.SIGINT:
                 log.warning("second SIGINT: cancelling running jobs")
-                for execution in list(worker._executions):
+                for execution in worker.executions:
                     execution.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

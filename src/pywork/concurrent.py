@@ -11,13 +11,14 @@ from enum import Enum
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pywork._checks import check_handler_name, check_source
 from pywork._durations import duration, optional_duration, positive_int
 from pywork.channel import Channel
 from pywork.errors import HandlerAlreadyRegistered, HandlerNotFound, WorkerNotRunning
 from pywork.handler import with_outcome
 from pywork.job import Job
 from pywork.types import AnyHandler
-from pywork.worker import Worker, _check_source, check_handler_name
+from pywork.worker import Worker
 
 __all__ = ["ConcurrentJob", "PerformWith"]
 
@@ -103,7 +104,7 @@ class ConcurrentJob:
         if perform_with in _RECEIVE:
             if source is None:
                 raise ValueError(f"perform_with={perform_with.name} needs a source to receive from")
-            _check_source(source)
+            check_source(source)
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger, got {logger!r}")
         self.job = job
@@ -233,7 +234,7 @@ class ConcurrentJob:
             if name not in worker:
                 worker.register(name, handler)
         self._workers.append(worker)
-        worker._number = len(self._workers)
+        worker.assign_number(len(self._workers))
         return worker
 
     def _spawn(self, worker: Worker) -> None:

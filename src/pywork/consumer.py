@@ -36,23 +36,26 @@ import functools
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pywork._durations import duration, positive_int
 from pywork.brokers.base import Broker, Delivery, JobState, Outcome
 from pywork.errors import JobError
+from pywork.schedule import Execution, Runner
 from pywork.status import Status
 from pywork.ticker import run_ticker
 
 if TYPE_CHECKING:
-    from pywork.schedule import Execution
-    from pywork.worker import Worker
+    from pywork.cron import ScheduleSpec
+    from pywork.job import Job
+    from pywork.types import Handler
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "Consumer",
+    "Host",
     "adaptive_prefetch",
     "outcome_for",
     "prefetch_for",
@@ -146,6 +149,39 @@ def outcome_for(
     return Outcome(delivery, JobState.FAILED, status, text, retry_in)
 
 
+class Host(Runner, Protocol):
+    """What a Consumer needs of its worker (a :class:`pywork.Worker`).
+
+    The internal API between this module and the worker, a Protocol so that this
+    module does not import the worker module. Not for users.
+    """
+
+    @property
+    def cluster_schedules(self) -> Mapping[str, tuple[Job, ScheduleSpec]]:
+        """The cluster schedules to declare before consuming, by name."""
+        ...
+
+    async def start(self) -> None:
+        """Start the worker (idempotent)."""
+        ...
+
+    def chain_for(self, handler: str) -> Handler | None:
+        """The middleware chain of `handler`, or None when it is not registered."""
+        ...
+
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when the worker's stop begins."""
+        ...
+
+    def remove_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Undo :meth:`add_stop_hook`."""
+        ...
+
+    async def wait_stopped(self) -> None:
+        """Wait until a stop that has begun has completed."""
+        ...
+
+
 class _Lease:
     """One job this consumer holds, from claim to settle."""
 
@@ -168,7 +204,7 @@ class Consumer:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: Host,
         broker: Broker,
         *,
         queues: Sequence[str] = ("default",),
@@ -226,7 +262,7 @@ class Consumer:
         worker = self.worker
         await self._declare_schedules()
         await worker.start()
-        worker._stop_hooks.append(self._begin_stop)
+        worker.add_stop_hook(self._begin_stop)
         loop = asyncio.get_running_loop()
         claimer = loop.create_task(self._claim_loop(), name="pywork-consumer-claim")
         renewer = loop.create_task(self._renew_loop(), name="pywork-consumer-renew")
@@ -244,9 +280,7 @@ class Consumer:
         try:
             try:
                 await self._stop_event.wait()
-                stopping = worker._stopping
-                if stopping is not None:
-                    await asyncio.shield(stopping)
+                await worker.wait_stopped()
             except asyncio.CancelledError:
                 self._begin_stop()
                 await self._cancel_runs()
@@ -254,12 +288,11 @@ class Consumer:
             finally:
                 await self._finish(claimer, renewer, settler, ticker)
         finally:
-            if self._begin_stop in worker._stop_hooks:
-                worker._stop_hooks.remove(self._begin_stop)
+            worker.remove_stop_hook(self._begin_stop)
 
     async def _declare_schedules(self) -> None:
         """Declare the schedules recorded with Worker.schedule (idempotent upserts)."""
-        declared = list(self.worker._cluster_schedules.items())
+        declared = list(self.worker.cluster_schedules.items())
         if not declared:
             return
         for name, (job, spec) in declared:
@@ -306,7 +339,7 @@ class Consumer:
             execution = lease.execution
             if execution is not None and not execution.done():
                 execution.cancel()
-                tasks.append(execution._task)
+                tasks.append(execution.task)
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
@@ -416,7 +449,7 @@ class Consumer:
             elif job is None:
                 error = delivery.error or "DecodeError: the stored message cannot be decoded"
                 self._post(Outcome(delivery, JobState.DEAD, Status.BAD_REQUEST, error))
-            elif job.handler not in self.worker._chains:
+            elif self.worker.chain_for(job.handler) is None:
                 text = f"HandlerNotFound: no handler registered for {job.handler!r}"
                 outcome = outcome_for(
                     delivery,
@@ -442,14 +475,14 @@ class Consumer:
                 continue
             job = lease.delivery.job
             assert job is not None
-            chain = worker._chains.get(job.handler)
+            chain = worker.chain_for(job.handler)
             if chain is None:  # cannot happen: handlers are never unregistered
                 self._post(Outcome(lease.delivery, JobState.QUEUED))
                 continue
-            execution = worker._launch(job, chain, attempt=lease.delivery.attempt)
+            execution = worker.launch(job, chain, attempt=lease.delivery.attempt)
             lease.execution = execution
             self._running += 1
-            execution._task.add_done_callback(functools.partial(self._ended, lease))
+            execution.task.add_done_callback(functools.partial(self._ended, lease))
 
     def _ended(self, lease: _Lease, _: object = None) -> None:
         """An execution finished (done callback): decide its outcome."""

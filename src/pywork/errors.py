@@ -27,6 +27,7 @@ Every exception pywork defines derives from :class:`PyworkError`::
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from pywork.status import Status
@@ -53,6 +54,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "WorkerNotRunning",
+    "status_for",
 ]
 
 
@@ -162,6 +164,29 @@ class Unavailable(_FixedStatusError):
     """A dependency is unavailable (503, retryable)."""
 
     _status = Status.UNAVAILABLE
+
+
+_CANCELLED = Status.CANCELLED
+_INTERNAL_ERROR = Status.INTERNAL_ERROR
+
+
+def status_for(exc: BaseException) -> Status:
+    """The status an execution ends with when `exc` ends it (the rule of contract §3).
+
+    A :class:`JobError` gives its own status (so :class:`JobTimeout` gives TIMEOUT),
+    :class:`InvalidArgs` BAD_REQUEST, ``asyncio.CancelledError`` CANCELLED, and anything
+    else INTERNAL_ERROR, including a ``TimeoutError`` the handler raised itself: only the
+    job's own deadline (``job.timeout``) gives TIMEOUT, and that is not an exception the
+    handler raises. The outcome rules, the worker and the built-in middleware all
+    use this one function.
+    """
+    if isinstance(exc, JobError):
+        return exc.status
+    if isinstance(exc, InvalidArgs):
+        return Status.BAD_REQUEST
+    if isinstance(exc, asyncio.CancelledError):
+        return _CANCELLED
+    return _INTERNAL_ERROR
 
 
 class HandlerNotFound(PyworkError, LookupError):

@@ -9,7 +9,7 @@ import inspect
 import logging
 from typing import Any, cast
 
-from pywork.errors import JobError, JobTimeout
+from pywork.errors import JobError, JobTimeout, status_for
 from pywork.job import Context, Job
 from pywork.status import Status
 from pywork.types import Adapter, AnyHandler, Handler
@@ -17,8 +17,8 @@ from pywork.types import Adapter, AnyHandler, Handler
 __all__ = ["adapt", "is_async_handler", "with_outcome"]
 
 _ADAPTED = "__pywork_adapted__"
-_UNKNOWN = Status.UNKNOWN
-_SUCCESS = Status.SUCCESS
+_TIMEOUT = Status.TIMEOUT
+_CANCELLED = Status.CANCELLED
 
 
 def is_async_handler(handler: object) -> bool:
@@ -108,23 +108,18 @@ def log_failure(ctx: Context, exc: BaseException, what: str) -> None:
 
 
 def _fail(ctx: Context, exc: Exception) -> None:
-    ctx.error = exc
-    if isinstance(exc, JobError):
-        ctx._status = exc.status
-    else:
-        ctx._status = Status.INTERNAL_ERROR
+    ctx.set_outcome(status_for(exc), exc)
+    if not isinstance(exc, JobError):  # a JobError is an outcome, not a failure to log
         log_failure(ctx, exc, "handler")
 
 
 def _timed_out(ctx: Context) -> None:
-    ctx.error = JobTimeout(f"exceeded its timeout of {ctx.job.timeout:g}s")
-    ctx._status = Status.TIMEOUT
+    timeout = JobTimeout(f"exceeded its timeout of {ctx.job.timeout:g}s")
+    ctx.set_outcome(_TIMEOUT, timeout, cancelled=True)
 
 
 def _cancelled(ctx: Context, exc: asyncio.CancelledError) -> None:
-    ctx.cancelled = True
-    ctx.error = exc
-    ctx._status = Status.CANCELLED
+    ctx.set_outcome(_CANCELLED, exc, cancelled=True)
 
 
 def _async_outcome(fn: Any) -> Handler:
@@ -143,7 +138,6 @@ def _async_outcome(fn: Any) -> Handler:
                     if not timer.expired():
                         raise
                 if timer.expired():  # also when the handler swallowed the cancellation
-                    ctx.cancelled = True
                     _timed_out(ctx)
                     return
         except asyncio.CancelledError as exc:
@@ -152,8 +146,7 @@ def _async_outcome(fn: Any) -> Handler:
         except Exception as exc:
             _fail(ctx, exc)
         else:
-            if ctx._status is _UNKNOWN:
-                ctx._status = _SUCCESS
+            ctx.returned()
 
     return run
 
@@ -163,7 +156,7 @@ def _sync_outcome(fn: Any) -> Handler:
     async def run(job: Job) -> None:
         ctx = _context(job)
         loop = asyncio.get_running_loop()
-        executor = ctx.worker._thread_pool() if ctx.worker is not None else None
+        executor = ctx.worker.thread_pool() if ctx.worker is not None else None
         call = contextvars.copy_context().run
         try:
             if ctx.deadline is None:
@@ -180,17 +173,16 @@ def _sync_outcome(fn: Any) -> Handler:
                 except TimeoutError:
                     if not timer.expired():
                         raise
-                    ctx._abandon()
+                    ctx.abandon()
                     _timed_out(ctx)
                     return
         except asyncio.CancelledError as exc:
-            ctx._abandon()
+            ctx.abandon()
             _cancelled(ctx, exc)
             raise
         except Exception as exc:
             _fail(ctx, exc)
         else:
-            if ctx._status is _UNKNOWN:
-                ctx._status = _SUCCESS
+            ctx.returned()
 
     return run

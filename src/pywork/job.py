@@ -8,14 +8,12 @@ import random
 import threading
 import time
 from collections.abc import MutableMapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pywork._durations import optional_duration
 from pywork.status import Status
-
-if TYPE_CHECKING:
-    from pywork.worker import Worker
 
 __all__ = [
     "AGGREGATE_LOGGER",
@@ -24,6 +22,7 @@ __all__ = [
     "TRACING_CONTEXT",
     "Context",
     "Job",
+    "WorkerLike",
     "new_id",
 ]
 
@@ -37,6 +36,8 @@ REQUEST_SIZE = "keyRequestSize"
 RESPONSE_SIZE = "keyResponseSize"
 
 _MISSING: Any = object()
+_UNKNOWN = Status.UNKNOWN
+_SUCCESS = Status.SUCCESS
 
 # Job ids are cut from 4 KiB of random bytes at a time: one call instead of one per job.
 # Mersenne Twister: ids need uniqueness, not secrecy; random reseeds in forked children
@@ -135,6 +136,55 @@ class Job:
         return clone
 
 
+class WorkerLike(Protocol):
+    """The worker as its contexts see it (``ctx.worker``); a :class:`pywork.Worker` at run time.
+
+    A Protocol rather than the Worker class, so that this module does not import the
+    worker module. It names what handlers and middleware read of the worker running
+    them; ``isinstance(ctx.worker, pywork.Worker)`` narrows it to the whole class (to
+    perform other jobs from a handler, for instance).
+    """
+
+    @property
+    def name(self) -> str:
+        """The worker's name, for logs and the ops app."""
+        ...
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """Shared resources for handlers (pools, clients)."""
+        ...
+
+    @property
+    def logger(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        """Where tracebacks and worker events go."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """The most executions running at once, or None for no limit."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """True between start and the beginning of stop."""
+        ...
+
+    @property
+    def active(self) -> int:
+        """Executions in progress."""
+        ...
+
+    @property
+    def handlers(self) -> list[str]:
+        """The registered handler names."""
+        ...
+
+    def thread_pool(self) -> Executor:
+        """The pool plain (sync) handlers run in. Internal: used by the outcome rules."""
+        ...
+
+
 class _JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger whose records carry `job_id` and `handler`, merged with any caller `extra`."""
 
@@ -170,7 +220,7 @@ class Context:
     def __init__(
         self,
         job: Job,
-        worker: Worker | None = None,
+        worker: WorkerLike | None = None,
         attempt: int = 1,
         worker_number: int | None = None,
     ) -> None:
@@ -249,8 +299,40 @@ class Context:
     def logger(self, value: Any) -> None:
         self._logger = value
 
-    def _abandon(self) -> None:
-        """Discard status writes from other threads (a sync handler past its end)."""
+    # the outcome (internal: written by the outcome rules and the worker) ----------
+    def set_outcome(
+        self, status: Status, error: BaseException | None = None, *, cancelled: bool = False
+    ) -> None:
+        """Record how the execution ended. Internal: the outcome rules and the worker.
+
+        Unlike the :attr:`status` setter it neither coerces `status` nor ignores the
+        write of an abandoned thread: it is called from the event loop with a Status.
+
+        Args:
+            status: the final status.
+            error: the exception that ended the run, stored in :attr:`error` (when not None).
+            cancelled: also set :attr:`cancelled` (a cancellation or a timeout).
+        """
+        self._status = status
+        if error is not None:
+            self.error = error
+        if cancelled:
+            self.cancelled = True
+
+    def returned(self) -> None:
+        """The handler returned: an UNKNOWN status becomes SUCCESS, a status it set is kept.
+
+        Internal: the outcome rules call it once per run.
+        """
+        if self._status is _UNKNOWN:
+            self._status = _SUCCESS
+
+    def abandon(self) -> None:
+        """Discard status writes from other threads (a sync handler past its end).
+
+        Internal: the outcome rules call it when a plain handler's run times out or is
+        cancelled while its thread goes on.
+        """
         self.cancelled = True
         self._abandoned_by = threading.get_ident()
 

@@ -57,6 +57,8 @@ def create_app(
     broker: Any = None,
     health: HealthCheck | None = None,
     registry: CollectorRegistry | None = None,
+    ready: Callable[[], bool] | None = None,
+    summary: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Starlette:
     """Build the ops ASGI app (see the module documentation for its routes).
 
@@ -70,6 +72,9 @@ def create_app(
             None for the default registry (or, when ``PROMETHEUS_MULTIPROC_DIR`` is set,
             the multiprocess collector over that directory). Without prometheus_client
             installed ``/metrics`` answers 501.
+        ready: an extra readiness condition: ``/ready`` is DOWN while it returns False
+            (the supervisor of ``pywork worker --processes N`` passes "every child is up").
+        summary: returns extra fields for ``GET /`` (merged after the worker's summary).
 
     Raises:
         ImportError: starlette is not installed (``pip install "pywork[http]"``).
@@ -92,7 +97,12 @@ def create_app(
         )
     if health is not None and not isinstance(health, HealthCheck):
         raise TypeError(f"health must be a pywork.middleware.HealthCheck or None, got {health!r}")
+    if ready is not None and not callable(ready):
+        raise TypeError(f"ready must be None or a callable returning a bool, got {ready!r}")
+    if summary is not None and not callable(summary):
+        raise TypeError(f"summary must be None or a callable returning a mapping, got {summary!r}")
     scrape = _scraper(registry)
+    is_ready = ready
 
     def metrics(request: Request) -> Response:  # sync: Starlette runs it in a thread
         if scrape is None:
@@ -106,9 +116,11 @@ def create_app(
     def ready_now() -> bool:
         if health is not None and not health.healthy:
             return False
+        if is_ready is not None and not is_ready():
+            return False
         return worker is None or _summary(worker)["running"]
 
-    async def ready(request: Request) -> Response:
+    async def ready_route(request: Request) -> Response:
         if ready_now():
             return PlainTextResponse("OK")
         return PlainTextResponse("DOWN", status_code=500)
@@ -120,6 +132,8 @@ def create_app(
         body: dict[str, Any] = {"pywork": __version__}
         if worker is not None:
             body.update(_summary(worker))
+        if summary is not None:
+            body.update(summary())
         body["ready"] = ready_now()
         if health is not None:
             snap = health.snapshot()
@@ -142,7 +156,7 @@ def create_app(
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
+            Route("/ready", ready_route, methods=["GET"]),
             Route("/live", live, methods=["GET"]),
         ]
     )

@@ -141,50 +141,33 @@ async def _supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
 async def _serve_group(
     children: list[_Child], address: tuple[str, int], metrics_dir: str | None
 ) -> Any:
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    """Serve :func:`pywork.ops.create_app` over the children: /metrics sums their
+    metrics files, /ready is OK while every child is up, ``GET /`` lists them."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
 
     from pywork import ops
 
-    async def metrics(request: Request) -> Response:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
 
-    async def ready(request: Request) -> Response:
-        up = all(child.alive for child in children)
-        return PlainTextResponse("OK" if up else "DOWN", status_code=200 if up else 500)
+    def all_up() -> bool:
+        return all(child.alive for child in children)
 
-    async def live(request: Request) -> Response:
-        return PlainTextResponse("OK")
+    def processes() -> dict[str, Any]:
+        return {
+            "processes": [
+                {
+                    "number": c.number,
+                    "pid": c.proc.pid if c.proc else None,
+                    "alive": c.alive,
+                    "restarts": c.restarts,
+                }
+                for c in children
+            ]
+        }
 
-    async def index(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "processes": [
-                    {
-                        "number": c.number,
-                        "pid": c.proc.pid if c.proc else None,
-                        "alive": c.alive,
-                        "restarts": c.restarts,
-                    }
-                    for c in children
-                ]
-            }
-        )
-
-    app = Starlette(
-        routes=[
-            Route("/metrics", metrics),
-            Route("/ready", ready),
-            Route("/live", live),
-            Route("/", index),
-        ]
-    )
+    app = ops.create_app(registry=registry, ready=all_up, summary=processes)
     host, port = address
     server = ops.OpsServer(app, host=host, port=port)
     await server.start()

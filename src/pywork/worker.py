@@ -7,12 +7,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from pywork._checks import check_adapters, check_handler_name, check_source
 from pywork._durations import duration, positive_int
 from pywork.channel import Channel
 from pywork.cron import ScheduleSpec, declare
@@ -21,6 +22,7 @@ from pywork.errors import (
     HandlerNotFound,
     JobError,
     WorkerNotRunning,
+    status_for,
 )
 from pywork.handler import log_failure, with_outcome
 from pywork.job import Job
@@ -31,7 +33,7 @@ from pywork.types import Adapter, AnyHandler, Handler
 if TYPE_CHECKING:
     from pywork.brokers.base import Broker
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "check_handler_name"]
 
 H = TypeVar("H", bound=AnyHandler)
 
@@ -66,7 +68,7 @@ class Worker:
     ) -> None:
         if isinstance(middleware, str | bytes) or not isinstance(middleware, Sequence):
             raise TypeError(f"middleware must be a sequence of adapters, got {middleware!r}")
-        _check_adapters(middleware)
+        check_adapters(middleware)
         if max_concurrency is not None:
             max_concurrency = positive_int(max_concurrency, "max_concurrency")
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
@@ -86,6 +88,7 @@ class Worker:
         self._stopping: asyncio.Future[None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []  # of the pool, as they start
         self._executions: set[Execution] = set()
         self._schedules: set[Schedule] = set()
         self._active = 0
@@ -142,7 +145,7 @@ class Worker:
         """
         if self._state != _NEW:
             raise RuntimeError("Worker.use() must be called before the worker starts")
-        _check_adapters(adapters)
+        check_adapters(adapters)
         self._middleware.extend(adapters)
 
     @property
@@ -204,13 +207,11 @@ class Worker:
 
     async def _shutdown(self, grace: float) -> None:
         deadline = time.monotonic() + grace
-        schedules = list(self._schedules)
-        for schedule in schedules:
-            schedule._close_intake()
-        drivers = [s._driver for s in schedules if s._driver is not None]
+        # every schedule is cancelled (contract §16); its runs get the grace period
+        drivers = [d for s in list(self._schedules) if (d := s.cancel_at_stop()) is not None]
         if drivers:
             await asyncio.gather(*drivers, return_exceptions=True)
-        tasks = {execution._task for execution in self._executions}
+        tasks = {execution.task for execution in self._executions}
         if tasks:
             _, tasks = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         if tasks:
@@ -221,7 +222,8 @@ class Worker:
                 self.logger.error("%d executions ignored cancellation at stop", len(stuck))
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await _shutdown_pool(pool, max(1.0, deadline - time.monotonic()), self.logger)
+            grace = max(1.0, deadline - time.monotonic())
+            await _shutdown_pool(pool, list(self._threads), grace, self.logger)
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -235,12 +237,85 @@ class Worker:
     ) -> None:
         await self.stop()
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        """The pool that runs plain (sync) handlers, made on first use."""
+    # internal API (used by Schedule, Execution, Consumer, ConcurrentJob, the CLI) ----
+    def thread_pool(self) -> ThreadPoolExecutor:
+        """The pool that runs plain (sync) handlers, made on first use.
+
+        Internal: the outcome rules run plain handlers in it.
+        """
         if self._pool is None:
             size = self.max_concurrency or 32
-            self._pool = ThreadPoolExecutor(size, thread_name_prefix=f"pywork-{self.name}")
+            self._threads = threads = []
+            self._pool = ThreadPoolExecutor(
+                size,
+                thread_name_prefix=f"pywork-{self.name}",
+                initializer=lambda: threads.append(threading.current_thread()),
+            )
         return self._pool
+
+    @property
+    def wall_offset(self) -> float:
+        """Seconds to add to a ``time.monotonic()`` reading to get ``time.time()``.
+
+        Internal: Executions turn their monotonic start time into ``started_at`` with it.
+        """
+        return self._wall_offset
+
+    @property
+    def executions(self) -> list[Execution]:
+        """The executions not finished yet (running or waiting for a slot), a snapshot.
+
+        Internal: the CLI cancels them on a second SIGINT.
+        """
+        return list(self._executions)
+
+    @property
+    def cluster_schedules(self) -> dict[str, tuple[Job, ScheduleSpec]]:
+        """The cluster schedules declared with :meth:`schedule`, by name (a copy).
+
+        Internal: :meth:`consume` declares them to the broker.
+        """
+        return dict(self._cluster_schedules)
+
+    def chain_for(self, handler: str) -> Handler | None:
+        """The middleware chain of the handler named `handler`, or None.
+
+        Internal: the consumer checks and runs durable jobs with it. Chains exist
+        while the worker runs (they are composed by :meth:`start`).
+        """
+        return self._chains.get(handler)
+
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when :meth:`stop` begins. Internal: consumers stop claiming."""
+        self._stop_hooks.append(hook)
+
+    def remove_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Undo :meth:`add_stop_hook` (nothing happens if `hook` is not added)."""
+        if hook in self._stop_hooks:
+            self._stop_hooks.remove(hook)
+
+    async def wait_stopped(self) -> None:
+        """Wait until a :meth:`stop` that has begun has completed (at once if none began).
+
+        Internal: a consumer returns only once the worker's stop completed. Cancelling
+        the waiter does not cancel the stop.
+        """
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+
+    def assign_number(self, number: int) -> None:
+        """Number this worker (1-based): its contexts carry it as ``ctx.worker_number``.
+
+        Internal: ConcurrentJob numbers the workers it starts.
+        """
+        self._number = number
+
+    def schedule_finished(self, schedule: Schedule) -> None:
+        """`schedule` is done: :meth:`stop` no longer needs to stop it.
+
+        Internal: called by the Schedule itself.
+        """
+        self._schedules.discard(schedule)
 
     # performing ---------------------------------------------------------------
     def _check(self, job: Job) -> Handler:
@@ -259,59 +334,68 @@ class Worker:
             )
         return chain
 
-    def _launch(
+    def launch(
         self, job: Job, chain: Handler, *, holds_slot: bool = False, attempt: int = 1
     ) -> Execution:
+        """Start running `job` through `chain` now (``job.ctx`` becomes its Execution).
+
+        Internal: :meth:`perform`, the schedules and the consumer call it after their
+        checks. It does not check that the worker runs.
+
+        Args:
+            job: the job to run.
+            chain: the handler's middleware chain (see :meth:`chain_for`).
+            holds_slot: the caller already acquired a ``max_concurrency`` slot for it.
+            attempt: ``ctx.attempt`` (durable retries count up).
+        """
         job.ctx = execution = Execution(job, self, attempt, self._number)
         if holds_slot:
-            execution._holds_slot = True
-        execution._task = self._loop.create_task(self._run(execution, chain))
+            execution.holds_slot = True
+        execution.task = self._loop.create_task(self._run(execution, chain))
         self._executions.add(execution)
         return execution
 
-    def _forget(self, execution: Execution) -> None:
-        """Drop a finished (or never started) execution and free its slot."""
+    def forget(self, execution: Execution) -> None:
+        """Drop a finished (or never started) execution and free its slot.
+
+        Internal: the worker calls it when a run ends, an Execution when it is
+        cancelled before it started.
+        """
         self._executions.discard(execution)
-        if execution._holds_slot:
-            execution._holds_slot = False
+        if execution.holds_slot:
+            execution.holds_slot = False
             assert self._slots is not None
             self._slots.release()
 
     async def _run(self, execution: Execution, chain: Handler) -> None:
         ctx = execution
         slots = self._slots
-        if slots is not None and not execution._holds_slot:
+        if slots is not None and not execution.holds_slot:
             try:
                 await slots.acquire()
             except asyncio.CancelledError:
-                ctx.cancelled = True
-                ctx._status = _CANCELLED
-                self._forget(execution)
+                ctx.set_outcome(_CANCELLED, cancelled=True)
+                self.forget(execution)
                 return
-            execution._holds_slot = True
+            execution.holds_slot = True
         self._active += 1
         try:
-            t0 = execution._t0 = time.monotonic()
+            t0 = execution.t_start = time.monotonic()
             job = execution.job
             if job.timeout is not None:
                 ctx.deadline = t0 + job.timeout
             await chain(job)
         except asyncio.CancelledError as exc:
-            if ctx._status is not _CANCELLED:
-                ctx.cancelled = True
-                ctx.error = exc
-                ctx._status = _CANCELLED
+            if ctx.status is not _CANCELLED:
+                ctx.set_outcome(_CANCELLED, exc, cancelled=True)
         except Exception as exc:  # an adapter raised: recovered like a handler
-            ctx.error = exc
-            if isinstance(exc, JobError):
-                ctx._status = exc.status
-            else:
-                ctx._status = Status.INTERNAL_ERROR
+            ctx.set_outcome(status_for(exc), exc)
+            if not isinstance(exc, JobError):
                 log_failure(ctx, exc, "middleware around")
         finally:
-            execution._t1 = time.monotonic()
+            execution.t_end = time.monotonic()
             self._active -= 1
-            self._forget(execution)
+            self.forget(execution)
 
     async def perform(self, job: Job, *, wait: bool = False) -> Execution:
         """Run `job` now; afterwards ``job.ctx`` is this execution's context.
@@ -324,7 +408,7 @@ class Worker:
             WorkerNotRunning: the worker is not started or is stopped.
             HandlerNotFound: ``job.handler`` is not registered.
         """
-        execution = self._launch(job, self._check(job))
+        execution = self.launch(job, self._check(job))
         if wait:
             await _finished(execution)
         return execution
@@ -344,7 +428,7 @@ class Worker:
         chain = self._check(job)
         every = duration(interval, "interval", allow_zero=False)
         schedule = Schedule(job, self, chain)
-        first = schedule._start_run(job.copy())
+        first = schedule.start_run(job.copy())
         self._drive(schedule, self._every(schedule, first, every, wait))
         return schedule
 
@@ -386,7 +470,7 @@ class Worker:
             TypeError: `source` is not iterable (or is a str/bytes). Also as :meth:`perform`.
         """
         chain = self._check(job)
-        _check_source(source)
+        check_source(source)
         schedule = Schedule(job, self, chain)
         self._drive(schedule, self._receive(schedule, source, wait))
         return schedule
@@ -492,15 +576,12 @@ class Worker:
     # schedule drivers ---------------------------------------------------------
     def _timer(self, job: Job, chain: Handler, delay: float) -> Schedule:
         schedule = Schedule(job, self, chain)
-        loop = asyncio.get_running_loop()
-        schedule._timer = loop.call_at(loop.time() + delay, schedule._fire)
+        schedule.arm(delay)
         self._schedules.add(schedule)
         return schedule
 
-    def _drive(self, schedule: Schedule, driver: Any) -> None:
-        task = asyncio.get_running_loop().create_task(driver)
-        schedule._driver = task
-        task.add_done_callback(schedule._intake_closed)
+    def _drive(self, schedule: Schedule, driver: Coroutine[Any, Any, None]) -> None:
+        schedule.drive(driver)
         self._schedules.add(schedule)
 
     async def _every(self, schedule: Schedule, first: Execution, every: float, wait: bool) -> None:
@@ -516,7 +597,7 @@ class Worker:
             if wait and start + tick * every < now:  # missed ticks are skipped
                 tick = math.floor((now - start) / every) + 1
             await asyncio.sleep(start + tick * every - now)
-            execution = schedule._start_run(schedule.job.copy())
+            execution = schedule.start_run(schedule.job.copy())
 
     async def _receive(
         self,
@@ -546,16 +627,16 @@ class Worker:
         job = schedule.job.copy()
         job.args["received_data"] = value
         if wait:
-            await _finished(schedule._start_run(job))
+            await _finished(schedule.start_run(job))
         elif self._slots is not None:
             await self._slots.acquire()
             try:
-                schedule._start_run(job, holds_slot=True)
+                schedule.start_run(job, holds_slot=True)
             except BaseException:
                 self._slots.release()
                 raise
         else:
-            schedule._start_run(job)
+            schedule.start_run(job)
 
     def __repr__(self) -> str:
         return (
@@ -566,41 +647,16 @@ class Worker:
 
 async def _finished(execution: Execution) -> None:
     """Wait for `execution`: neither cancels it nor passes its cancellation on."""
-    task = execution._task
+    task = execution.task
     if not task.done():
         await asyncio.wait((task,))
 
 
-def check_handler_name(name: object) -> None:
-    """Raise TypeError/ValueError unless `name` is a non-empty str."""
-    if not isinstance(name, str):
-        raise TypeError(f"handler name must be a str, got {name!r}")
-    if not name:
-        raise ValueError("handler name must be a non-empty str")
-
-
-def _check_adapters(adapters: Sequence[object]) -> None:
-    for adapter in adapters:
-        if not callable(adapter):
-            raise TypeError(
-                f"an adapter must be a callable taking a handler and returning one, got {adapter!r}"
-            )
-
-
-def _check_source(source: object) -> None:
-    if isinstance(source, str | bytes | bytearray) or not isinstance(
-        source, Channel | AsyncIterable | Iterable
-    ):
-        raise TypeError(
-            "source must be a pywork.Channel, an async iterable or an iterable "
-            f"(not a str or bytes), got {source!r}"
-        )
-
-
-async def _shutdown_pool(pool: ThreadPoolExecutor, timeout: float, logger: Any) -> None:
-    """Shut the thread pool down and wait up to `timeout` for its threads to end."""
+async def _shutdown_pool(
+    pool: ThreadPoolExecutor, threads: list[threading.Thread], timeout: float, logger: Any
+) -> None:
+    """Shut the thread pool down and wait up to `timeout` for its `threads` to end."""
     pool.shutdown(wait=False, cancel_futures=True)
-    threads: list[threading.Thread] = list(getattr(pool, "_threads", ()))
     deadline = time.monotonic() + timeout
     while any(t.is_alive() for t in threads):
         if time.monotonic() >= deadline:

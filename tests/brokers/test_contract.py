@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support import FAST, claim_one, consuming, record_in, record_where, until
 
 import pywork
 from pywork import (
@@ -37,6 +36,7 @@ from pywork.brokers import Broker, Delivery, Outcome
 from pywork.brokers.memory import MemoryBroker
 from pywork.consumer import adaptive_prefetch, outcome_for, prefetch_for, retry_delay
 from pywork.types import Handler
+from tests.brokers.support import FAST, claim_one, consuming, record_in, record_where, until
 
 _static_check: Broker = MemoryBroker()
 

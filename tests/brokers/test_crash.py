@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import until
 
 from pywork import Job, QueueStats
 from pywork.brokers import Broker
 from pywork.consumer import prefetch_for
+from tests.brokers.support import until
 
 JOBS = 5_000
 CONCURRENCY = 20

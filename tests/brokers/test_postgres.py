@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from support import FAST, consuming, record_in
 
 import pywork
 from pywork import Job, JobState, Status, Worker
@@ -22,7 +21,8 @@ from pywork.brokers import Broker, Delivery, Outcome, QueueStats
 from pywork.brokers import postgres as pg
 from pywork.brokers.postgres import PostgresBroker
 from pywork.encoding import encode_job
-from servers import PostgresServer
+from tests.brokers.support import FAST, consuming, record_in
+from tests.servers import PostgresServer
 
 OpenPg = Callable[..., Awaitable[PostgresBroker]]
 

@@ -23,7 +23,7 @@ from pywork.brokers.postgres import PostgresBroker
 from pywork.cron import tick_key, to_micros
 from pywork.encoding import encode_job
 from pywork.errors import SerializationError
-from servers import PostgresServer
+from tests.servers import PostgresServer
 
 OpenPg = Callable[..., Awaitable[PostgresBroker]]
 

@@ -15,14 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
-from support import claim_one, consuming, record_in, until
 
 import pywork
 from pywork import Job, JobState, Status, Worker
 from pywork.brokers import Broker, Outcome
 from pywork.brokers.redis import RedisBroker
 from pywork.encoding import encode_job
-from servers import RedisServer, free_port
+from tests.brokers.support import claim_one, consuming, record_in, until
+from tests.servers import RedisServer, free_port
 
 OpenRedis = Callable[..., Awaitable[RedisBroker]]
 

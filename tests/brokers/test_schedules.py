@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from support import consuming, until
 
 from pywork import Job, JobState, SerializationError, Worker
 from pywork import cron as cronlib
@@ -23,6 +22,7 @@ from pywork.brokers import Broker
 from pywork.brokers.base import ScheduleRecord, ScheduleStore
 from pywork.cron import tick_key
 from pywork.ticker import fire_due
+from tests.brokers.support import consuming, until
 
 OpenBroker = Callable[..., Awaitable[Broker]]
 LOG = logging.getLogger("test.schedules")

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import until
 
 from pywork import Job, JobState
 from pywork.brokers import Broker
 from pywork.brokers.base import ScheduleStore
 from pywork.cron import tick_key
+from tests.brokers.support import until
 
 SCRIPT = Path(__file__).with_name("schedule_consumer.py")
 CONSUMERS = 4

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from pywork.errors import JobError
+from pywork.errors import status_for
 from pywork.job import Context
 from pywork.status import Status
 
 __all__ = ["final_status", "missing_extra"]
-
-_CANCELLED = Status.CANCELLED
-_INTERNAL_ERROR = Status.INTERNAL_ERROR
 
 
 def final_status(ctx: Context, exc: BaseException | None = None) -> Status:
@@ -19,19 +16,13 @@ def final_status(ctx: Context, exc: BaseException | None = None) -> Status:
 
     Without `exc` it is ``ctx.status`` (the outcome rules have set it). With `exc`
     (something inside raised through the adapter) it is what the worker will record,
-    so that adapters report the same status the Execution shows: CANCELLED for a
-    cancellation, the error's status for a JobError, INTERNAL_ERROR for any other
-    exception.
+    so that adapters report the same status the Execution shows
+    (:func:`pywork.status_for`). A BaseException the worker does not catch
+    (KeyboardInterrupt, SystemExit) leaves ``ctx.status``.
     """
-    if exc is None:
+    if exc is None or not isinstance(exc, Exception | asyncio.CancelledError):
         return ctx.status
-    if isinstance(exc, asyncio.CancelledError):
-        return _CANCELLED
-    if isinstance(exc, JobError):
-        return exc.status
-    if isinstance(exc, Exception):
-        return _INTERNAL_ERROR
-    return ctx.status
+    return status_for(exc)
 
 
 def missing_extra(what: str, module: str, extra: str) -> ImportError:

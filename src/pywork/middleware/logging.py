@@ -333,7 +333,7 @@ def with_aggregate_logger(
             if ctx is None:  # called outside a worker
                 ctx = job.ctx = Context(job)
             logger = AggregateLogger(DEFAULT_LOGGER_NAME, level, job.id, job.handler)
-            previous = ctx._logger
+            previous = ctx.logger
             ctx.logger = logger
             ctx.set(AGGREGATE_LOGGER, logger)
             started = time.time()

@@ -1,0 +1,1 @@
+"""pywork's test suite."""

@@ -1,0 +1,1 @@
+"""Tests of the durable brokers, parametrized over the backends."""
