@@ -21,8 +21,9 @@ from pywork.brokers import Broker, Delivery, Outcome, QueueStats
 from pywork.brokers import postgres as pg
 from pywork.brokers.postgres import PostgresBroker
 from pywork.encoding import encode_job
+from pywork.errors import BrokerClosed, BrokerError, BrokerUnavailable
 from tests.brokers.support import FAST, consuming, record_in
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, free_port
 
 OpenPg = Callable[..., Awaitable[PostgresBroker]]
 
@@ -153,8 +154,35 @@ async def test_a_long_schema_name_still_gets_notifications(
 async def test_closed_broker_refuses_work_and_close_is_idempotent(broker: PostgresBroker) -> None:
     await broker.close()
     await broker.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(BrokerClosed, match="closed"):
         await broker.enqueue(Job("x"))
+    with pytest.raises(BrokerClosed):
+        await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    with pytest.raises(BrokerClosed):
+        await broker.wait_for_work(["default"], 0.01)
+
+
+async def test_an_unreachable_server_is_broker_unavailable_naming_host_and_port() -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/db?schema=x"
+    with pytest.raises(
+        BrokerUnavailable, match=f"cannot reach PostgreSQL at 127.0.0.1:{port}"
+    ) as info:
+        await PostgresBroker.from_url(url)
+    assert isinstance(info.value, ConnectionError)
+    assert "s3cr3t-pw" not in str(info.value) and "s3cr3t-pw" not in repr(info.value)
+
+
+async def test_other_server_errors_are_broker_errors_and_a_duplicate_id_a_value_error(
+    broker: PostgresBroker,
+) -> None:
+    job_id = await broker.enqueue(Job("x"))
+    with pytest.raises(ValueError, match=f"a job with id '{job_id}' is already stored"):
+        await broker.enqueue_many([Job("x"), Job("x", id=job_id)])
+    await sql(broker, "DROP TABLE {jobs}")
+    with pytest.raises(BrokerError, match="UndefinedTableError") as info:
+        await broker.get(job_id)
+    assert not isinstance(info.value, BrokerUnavailable)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,7 +283,7 @@ async def test_claim_renew_settle_flow(broker: PostgresBroker) -> None:
     record = await broker.get(job_id)
     assert record is not None and record.state == JobState.SUCCEEDED
     assert (record.status, record.error, record.attempts) == (Status.SUCCESS, None, 2)
-    with pytest.raises(ValueError, match="cannot settle"):
+    with pytest.raises(ValueError, match="state must be succeeded, failed, dead or queued"):
         await broker.settle([Outcome(third, JobState.RUNNING)])
 
 
