@@ -4,6 +4,10 @@
 every commit; the default ``normal`` survives any process crash, and loses at most the
 last commits on a power cut or OS crash).
 
+The broker is a :class:`~pywork.brokers.front.BrokerFront` (which checks arguments,
+encodes, builds records and maps errors); this package holds only the storage: this
+module runs the statements, ``queries.sql`` holds the schema and every query by name.
+
 Storage: one table, ``pywork_jobs``, one row per job (the encoded job in ``payload``,
 its state, attempts, fencing token and timestamps; ``run_at`` is the time the row
 next matters: when a scheduled/failed job becomes due, when a lease expires, when a
@@ -19,9 +23,9 @@ next_run_at = ?`` and the tick's job inserts in one transaction (see docs/schedu
 The stdlib ``sqlite3`` module blocks, so every statement runs in one dedicated thread
 per broker, never on the event loop. Waking up: enqueues through any SQLiteBroker of
 the same file in this process wake waiting consumers at once; enqueues from other
-processes are seen by a short poll (``wait`` sleeps at most :data:`POLL_INTERVAL`
-seconds), and scheduled jobs, retries and lease expiries by sleeping until the
-earliest due time.
+processes are seen by a short poll (``wait_for_work`` sleeps at most
+:data:`POLL_INTERVAL` seconds), and scheduled jobs, retries and lease expiries by
+sleeping until the earliest due time.
 """
 
 from __future__ import annotations
@@ -32,118 +36,62 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from pywork import cron as cronlib
-from pywork._durations import duration, optional_duration, positive_int
 from pywork.brokers.base import (
+    LEASE_EXPIRED,
+    Claimed,
     Delivery,
-    JobRecord,
     JobState,
+    NewJob,
     Outcome,
     QueueStats,
-    ScheduleRecord,
+    StoredJob,
+    StoredSchedule,
 )
-from pywork.cron import ScheduleSpec, check_schedule_name, declare, from_micros, to_micros
-from pywork.encoding import DecodeError, decode_job, encode_for_enqueue, encode_job
-from pywork.job import Job
+from pywork.brokers.front import BrokerFront, duplicate_id
+from pywork.brokers.queries import load_queries
+from pywork.cron import ScheduleSpec
+from pywork.errors import BrokerError, BrokerUnavailable
 from pywork.status import Status
 
 __all__ = ["POLL_INTERVAL", "SQLiteBroker"]
 
-#: The longest ``wait`` sleeps before looking at the file again (to see other processes' jobs).
+#: The longest ``wait_for_work`` sleeps before looking at the file again (to see other
+#: processes' jobs).
 POLL_INTERVAL = 0.25
 _CLEANUP_EVERY = 2.0
-_ACTIVE_SQL = "('queued', 'scheduled', 'running', 'failed')"
 _T = TypeVar("_T")
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS pywork_jobs (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    queue TEXT NOT NULL,
-    handler TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    key TEXT,
-    max_retries INTEGER,
-    state TEXT NOT NULL,
-    status INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    token TEXT,
-    enqueued_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    run_at REAL
-);
-CREATE INDEX IF NOT EXISTS pywork_jobs_ready ON pywork_jobs (queue, seq) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS pywork_jobs_timed ON pywork_jobs (state, run_at);
-CREATE UNIQUE INDEX IF NOT EXISTS pywork_jobs_key ON pywork_jobs (key)
-    WHERE key IS NOT NULL AND state IN {_ACTIVE_SQL};
-CREATE TABLE IF NOT EXISTS pywork_schedules (
-    name TEXT PRIMARY KEY,
-    payload BLOB NOT NULL,
-    every REAL,
-    cron TEXT,
-    timezone TEXT NOT NULL,
-    jitter REAL NOT NULL,
-    misfire TEXT NOT NULL,
-    next_run_at INTEGER NOT NULL,
-    last_run_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS pywork_schedules_next ON pywork_schedules (next_run_at);
-"""
-_SCHEDULE_COLUMNS = (
-    "name, payload, every, cron, timezone, jitter, misfire, next_run_at, last_run_at"
-)
-
-_COLUMNS = (
-    "id, handler, queue, payload, state, status, attempts, error, "
-    "enqueued_at, started_at, finished_at, key, run_at"
+_Q = load_queries(__name__, "queries.sql")
+_TIMEOUT = int(Status.TIMEOUT)
+# the primary result codes meaning the file cannot be used at all (not a failed statement)
+_UNAVAILABLE = frozenset(
+    (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
 )
 
 
 @functools.lru_cache(maxsize=64)
 def _claim_sql(n: int) -> tuple[str, str, str]:
+    """The expire, promote and lease statements of a claim over `n` queues."""
     queues = ", ".join("?" * n)
-    expire = f"""
-        UPDATE pywork_jobs SET
-            state = CASE WHEN attempts > coalesce(max_retries, ?) THEN 'dead' ELSE 'queued' END,
-            status = CASE WHEN attempts > coalesce(max_retries, ?) THEN 408 ELSE status END,
-            error = CASE WHEN attempts > coalesce(max_retries, ?)
-                THEN 'JobTimeout: lease expired ' || attempts || ' times (its consumer stopped '
-                     || 'renewing it: crashed, killed or stalled)'
-                ELSE error END,
-            finished_at = CASE WHEN attempts > coalesce(max_retries, ?) THEN ? ELSE NULL END,
-            token = NULL, run_at = NULL
-        WHERE state = 'running' AND run_at <= ? AND queue IN ({queues})"""
-    promote = f"""
-        UPDATE pywork_jobs SET state = 'queued', run_at = NULL
-        WHERE state IN ('scheduled', 'failed') AND run_at <= ? AND queue IN ({queues})"""
-    claim = f"""
-        UPDATE pywork_jobs SET state = 'running', attempts = attempts + 1, token = ?,
-            started_at = ?, run_at = ?
-        WHERE seq IN (
-            SELECT seq FROM pywork_jobs WHERE state = 'queued' AND queue IN ({queues})
-            ORDER BY seq LIMIT ?)
-        RETURNING seq, id, attempts, payload"""
-    return expire, promote, claim
+    return (
+        _Q["claim_expire"].format(queues=queues),
+        _Q["claim_promote"].format(queues=queues),
+        _Q["claim_lease"].format(queues=queues),
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _peek_sql(n: int) -> tuple[str, str]:
+    """The ready and earliest-due queries of a wait over `n` queues."""
     queues = ", ".join("?" * n)
-    ready = f"SELECT 1 FROM pywork_jobs WHERE state = 'queued' AND queue IN ({queues}) LIMIT 1"
-    due = (
-        "SELECT min(run_at) FROM pywork_jobs WHERE state IN ('scheduled', 'failed', 'running') "
-        f"AND queue IN ({queues})"
-    )
-    return ready, due
+    return _Q["peek_ready"].format(queues=queues), _Q["peek_due"].format(queues=queues)
 
 
 class _Waiters:
@@ -165,7 +113,7 @@ class _Waiters:
         with self.lock:
             self.waiting = [w for w in self.waiting if w[1] is not future]
 
-    def wake(self, queues: Sequence[str]) -> None:
+    def wake(self, queues: Collection[str]) -> None:
         with self.lock:
             if not self.waiting:
                 return
@@ -193,45 +141,19 @@ def _waiters_of(path: str) -> _Waiters:
         return waiters
 
 
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+def _one(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return db.execute(sql, params).fetchone()
 
 
-def _start_time(at: datetime | None, delay: float | timedelta | None, now: float) -> float | None:
-    if at is not None and delay is not None:
-        raise ValueError("pass either at= or delay=, not both")
-    if at is not None:
-        if not isinstance(at, datetime):
-            raise TypeError(f"at must be a datetime.datetime, got {at!r}")
-        when = at.timestamp()  # naive: local time, as perform_at
-        return when if when > now else None
-    seconds = optional_duration(delay, "delay")
-    return now + seconds if seconds else None
+def _all(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return db.execute(sql, params).fetchall()
 
 
-def _check_schedule_name(name: object) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"schedule name must be a str, got {name!r}")
-    if not name:
-        raise ValueError("schedule name must be a non-empty str")
+def _count(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return db.execute(sql, params).rowcount
 
 
-def _schedule_record(row: Sequence[Any]) -> ScheduleRecord:
-    name, payload, every, cron, timezone, jitter, misfire, next_run_at, last_run_at = row
-    return ScheduleRecord(
-        name=name,
-        job=decode_job(payload),
-        every=every,
-        cron=cron,
-        timezone=timezone,
-        next_run_at=from_micros(next_run_at),
-        last_run_at=None if last_run_at is None else from_micros(last_run_at),
-        jitter=jitter,
-        misfire=misfire,
-    )
-
-
-class SQLiteBroker:
+class SQLiteBroker(BrokerFront):
     """A broker in one SQLite file (WAL), shareable by the processes of one machine.
 
     Args:
@@ -254,9 +176,8 @@ class SQLiteBroker:
             raise TypeError(f"path must be a non-empty str or path, got {path!r}")
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        super().__init__(f"sqlite:///{path}", retention=retention)
         self.path = str(Path(path).expanduser().absolute())
-        self.url = f"sqlite:///{path}"
-        self.retention = duration(retention, "retention")
         self.synchronous = synchronous
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -269,6 +190,7 @@ class SQLiteBroker:
 
         Raises:
             ValueError: the url has no path or an unknown option.
+            BrokerUnavailable: the file cannot be opened or created.
         """
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
@@ -290,8 +212,23 @@ class SQLiteBroker:
         await broker.open()
         return broker
 
-    async def open(self) -> None:
-        """Open the file and create the table if needed (idempotent)."""
+    def __repr__(self) -> str:
+        return f"<SQLiteBroker {self.path!r}>"
+
+    def _map_error(self, exc: Exception) -> BrokerError | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        code = getattr(exc, "sqlite_errorcode", None)  # None when not from the library
+        if (
+            isinstance(exc, sqlite3.OperationalError)
+            and code is not None
+            and code & 0xFF in _UNAVAILABLE
+        ):
+            return BrokerUnavailable(f"cannot use the SQLite database {self.path}: {exc}")
+        return BrokerError(f"SQLite database {self.path}: {exc}")
+
+    # the broker's thread ------------------------------------------------------------
+    async def _open(self) -> None:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pywork-sqlite")
@@ -308,46 +245,13 @@ class SQLiteBroker:
             db.execute("PRAGMA busy_timeout = 30000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE;\n{_Q['schema']}\nCOMMIT;")
         except BaseException:
             db.close()
             raise
         self._db = db
 
-    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        executor = self._executor
-        if executor is None:
-            raise RuntimeError(f"{self!r} is closed")
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-    async def _tx(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `fn` in a write transaction in the broker's thread."""
-        return await self._call(functools.partial(self._write, fn))
-
-    async def _ro(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `fn` (reads only) in the broker's thread."""
-        return await self._call(functools.partial(self._read, fn))
-
-    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `fn` in a write transaction (in the broker's thread)."""
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
-
-    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        db = self._db
-        assert db is not None
-        return fn(db)
-
-    async def close(self) -> None:
-        """Close the file and end the broker's thread. Idempotent."""
+    async def _close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is None:
             return
@@ -356,263 +260,151 @@ class SQLiteBroker:
             await asyncio.get_running_loop().run_in_executor(executor, db.close)
         executor.shutdown(wait=True)
 
-    def __repr__(self) -> str:
-        return f"<SQLiteBroker {self.path!r}>"
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError(f"{self!r} is not open: await broker.open() first")
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
-    # producer side --------------------------------------------------------------
-    def _insert(
-        self, db: sqlite3.Connection, job: Job, payload: bytes, start: float | None, now: float
-    ) -> str:
-        if job.key is not None:
-            row = db.execute(
-                f"SELECT id FROM pywork_jobs WHERE key = ? AND state IN {_ACTIVE_SQL}", (job.key,)
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
+    async def _tx(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(db, *args)`` in a write transaction in the broker's thread."""
+        return await self._call(self._write, fn, *args)
+
+    async def _ro(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(db, *args)`` (reads only) in the broker's thread."""
+        return await self._call(self._read, fn, *args)
+
+    def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT INTO pywork_jobs (id, queue, handler, payload, key, max_retries, state, "
-                "enqueued_at, run_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.queue,
-                    job.handler,
-                    payload,
-                    job.key,
-                    job.max_retries,
-                    "queued" if start is None else "scheduled",
-                    now,
-                    start,
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise ValueError(f"a job with id {job.id!r} is already stored") from exc
-        return job.id
+            result = fn(db, *args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
 
-    async def enqueue(
-        self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
-    ) -> str:
-        """Store `job` (committed when this returns) and return its id, or the id of
-        the active job holding its key.
+    def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        db = self._db
+        assert db is not None
+        return fn(db, *args)
 
-        Raises:
-            SerializationError: args or headers cannot be encoded (nothing is stored).
-            ValueError: both `at` and `delay`, a negative delay, or a duplicate job id.
-        """
+    # producer side ----------------------------------------------------------------
+    @staticmethod
+    def _insert(db: sqlite3.Connection, jobs: list[NewJob]) -> tuple[list[str], set[str]]:
+        """Store `jobs` (in the caller's transaction): their ids, and the queues of the
+        jobs ready now."""
         now = time.time()
-        start = _start_time(at, delay, now)
-        payload = encode_for_enqueue(job)
-        job_id = await self._tx(lambda db: self._insert(db, job, payload, start, now))
-        if start is None:
-            self._waiters.wake((job.queue,))
-        return job_id
+        ids: list[str] = []
+        ready: set[str] = set()
+        for job in jobs:
+            if job.key is not None:
+                row = db.execute(_Q["key_holder"], (job.key,)).fetchone()
+                if row is not None:
+                    ids.append(str(row[0]))
+                    continue
+            start = job.at if job.at is not None else (now + job.delay if job.delay else None)
+            due = start is None or start <= now
+            try:
+                db.execute(
+                    _Q["insert"],
+                    (job.id, job.queue, job.handler, job.payload, job.key, job.max_retries,
+                     "queued" if due else "scheduled", now, None if due else start),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise duplicate_id(job.id) from exc
+            ids.append(job.id)
+            if due:
+                ready.add(job.queue)
+        return ids, ready
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        """Store `jobs` in one transaction, all or nothing (every job is encoded first).
-
-        Raises:
-            SerializationError: a job cannot be encoded (nothing is stored).
-        """
-        if isinstance(jobs, Job) or not isinstance(jobs, Sequence):
-            raise TypeError(f"jobs must be a sequence of pywork.Job, got {jobs!r}")
-        payloads = [encode_for_enqueue(job) for job in jobs]
-        if not jobs:
-            return []
-        now = time.time()
-
-        def insert(db: sqlite3.Connection) -> list[str]:
-            return [
-                self._insert(db, job, payload, None, now)
-                for job, payload in zip(jobs, payloads, strict=True)
-            ]
-
-        ids = await self._tx(insert)
-        self._waiters.wake(list({job.queue for job in jobs}))
+    async def _store(self, jobs: list[NewJob]) -> list[str]:
+        ids, ready = await self._tx(self._insert, jobs)
+        if ready:
+            self._waiters.wake(ready)
         return ids
 
+    async def _get(self, job_id: str) -> StoredJob | None:
+        row = await self._ro(_one, _Q["get"], (job_id,))
+        return None if row is None else StoredJob._make(row)
+
+    async def _cancel(self, job_id: str) -> bool:
+        return await self._tx(self._cancel_in, job_id, self.retention)
+
     @staticmethod
-    def _record(row: Sequence[Any], now: float) -> JobRecord:
-        (job_id, handler, queue, payload, state, status, attempts, error, enqueued_at,
-         started_at, finished_at, key, run_at) = row  # fmt: skip
-        try:
-            args = decode_job(payload).args
-        except DecodeError:
-            args = {}
-        if state in ("scheduled", "failed") and run_at is not None and run_at <= now:
-            state = "queued"  # due: ready for the next claim
-        return JobRecord(
-            id=job_id,
-            handler=handler,
-            queue=queue,
-            args=args,
-            state=JobState(state),
-            status=None if status is None else Status(status),
-            attempts=attempts,
-            error=error,
-            enqueued_at=datetime.fromtimestamp(enqueued_at, UTC),
-            started_at=_ts(started_at),
-            finished_at=_ts(finished_at),
-            key=key,
-            run_at=_ts(run_at) if state in ("scheduled", "failed") else None,
-        )
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        """The record of `job_id`, or None (unknown, or no longer kept)."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        row = await self._ro(
-            lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM pywork_jobs WHERE id = ?", (job_id,)
-            ).fetchone(),
-        )
-        return None if row is None else self._record(row, time.time())
-
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a queued, scheduled, failed or running job; True if this call did it.
-
-        A running job's consumer learns of it on its next lease renewal; its record is
-        kept at least until that lease ends, even with retention 0.
-        """
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        retention = self.retention
-
-        def cancel(db: sqlite3.Connection) -> bool:
-            now = time.time()
-            row = db.execute(
-                f"SELECT state, run_at FROM pywork_jobs WHERE id = ? AND state IN {_ACTIVE_SQL}",
-                (job_id,),
-            ).fetchone()
-            if row is None:
-                return False
-            state, run_at = row
-            keep = now + retention
-            if state == "running":
-                keep = max(keep, run_at or now)
-            elif retention == 0:
-                db.execute("DELETE FROM pywork_jobs WHERE id = ?", (job_id,))
-                return True
-            db.execute(
-                "UPDATE pywork_jobs SET state = 'cancelled', finished_at = ?, run_at = ? "
-                "WHERE id = ?",
-                (now, keep, job_id),
-            )
-            return True
-
-        return await self._tx(cancel)
-
-    async def stats(self) -> dict[str, QueueStats]:
-        """Per-queue counts of jobs in each state (due scheduled/failed jobs count as queued)."""
+    def _cancel_in(db: sqlite3.Connection, job_id: str, retention: float) -> bool:
         now = time.time()
-        rows = await self._ro(
-            lambda db: db.execute(
-                "SELECT queue, CASE WHEN state IN ('scheduled', 'failed') AND run_at <= ? "
-                "THEN 'queued' ELSE state END AS s, count(*) FROM pywork_jobs GROUP BY queue, s",
-                (now,),
-            ).fetchall(),
-        )
+        row = db.execute(_Q["live_job"], (job_id,)).fetchone()
+        if row is None:
+            return False
+        state, run_at = row
+        keep = now + retention
+        if state == "running":
+            keep = max(keep, run_at or now)  # its consumer learns of it on renew
+        elif retention == 0:
+            db.execute(_Q["delete_job"], (job_id,))
+            return True
+        db.execute(_Q["cancel"], (now, keep, job_id))
+        return True
+
+    async def _stats(self) -> dict[str, QueueStats]:
+        rows = await self._ro(_all, _Q["stats"], (time.time(),))
         counts: dict[str, dict[str, int]] = {}
         for queue, state, n in rows:
             counts.setdefault(queue, {})[state] = n
         return {queue: QueueStats(**c) for queue, c in counts.items()}
 
-    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Dead jobs (of `queue`, or all), oldest death first, at most `limit`."""
-        limit = positive_int(limit, "limit")
-        sql = f"SELECT {_COLUMNS} FROM pywork_jobs WHERE state = 'dead'"
-        params: tuple[Any, ...] = ()
-        if queue is not None:
-            sql += " AND queue = ?"
-            params = (queue,)
-        sql += " ORDER BY finished_at, seq LIMIT ?"
-        rows = await self._ro(lambda db: db.execute(sql, (*params, limit)).fetchall())
-        now = time.time()
-        return [self._record(row, now) for row in rows]
+    async def _dead_letters(self, queue: str | None, limit: int) -> list[StoredJob]:
+        rows = await self._ro(_all, _Q["dead_letters"], (queue, limit))
+        return [StoredJob._make(row) for row in rows]
 
-    async def retry_dead(self, job_id: str) -> bool:
-        """Queue a dead job again with attempts 0; True if it was dead."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
-        sql = (
-            "UPDATE pywork_jobs SET state = 'queued', attempts = 0, status = NULL, error = NULL, "
-            "token = NULL, started_at = NULL, finished_at = NULL, run_at = NULL{} "
-            "WHERE id = ? AND state = 'dead' RETURNING queue"
-        )
-
-        def retry(db: sqlite3.Connection) -> str | None:
-            try:
-                row = db.execute(sql.format(""), (job_id,)).fetchone()
-            except sqlite3.IntegrityError:  # another active job holds its key now
-                row = db.execute(sql.format(", key = NULL"), (job_id,)).fetchone()
-            return None if row is None else str(row[0])
-
-        queue = await self._tx(retry)
+    async def _retry_dead(self, job_id: str) -> bool:
+        queue = await self._tx(self._retry_in, job_id)
         if queue is None:
             return False
         self._waiters.wake((queue,))
         return True
 
-    async def purge_dead(self, queue: str | None = None) -> int:
-        """Delete dead jobs (of `queue`, or all); return how many."""
-        sql = "DELETE FROM pywork_jobs WHERE state = 'dead'"
-        params: tuple[str, ...] = ()
-        if queue is not None:
-            sql += " AND queue = ?"
-            params = (queue,)
-        return await self._tx(lambda db: db.execute(sql, params).rowcount)
+    @staticmethod
+    def _retry_in(db: sqlite3.Connection, job_id: str) -> str | None:
+        try:
+            row = db.execute(_Q["retry_dead"], (job_id,)).fetchone()
+        except sqlite3.IntegrityError:  # another live job holds its key now
+            row = db.execute(_Q["retry_dead_without_key"], (job_id,)).fetchone()
+        return None if row is None else str(row[0])
 
-    # consumer side --------------------------------------------------------------
-    async def claim(
-        self, queues: Sequence[str], limit: int, *, lease: float, max_retries: int
-    ) -> list[Delivery]:
-        """Lease up to `limit` ready jobs of `queues`, oldest first (see :class:`Broker`)."""
-        queues = list(queues)
-        token = os.urandom(8).hex()
+    async def _purge_dead(self, queue: str | None) -> int:
+        return await self._tx(_count, _Q["purge_dead"], (queue,))
+
+    # consumer side ----------------------------------------------------------------
+    async def _claim(
+        self, queues: list[str], limit: int, lease: float, max_retries: int
+    ) -> list[Claimed]:
+        return await self._tx(self._claim_in, queues, limit, lease, max_retries)
+
+    def _claim_in(
+        self, db: sqlite3.Connection, queues: list[str], limit: int, lease: float, max_retries: int
+    ) -> list[Claimed]:
         expire, promote, claim = _claim_sql(len(queues))
+        token = os.urandom(8).hex()
+        now = time.time()
+        db.execute(expire, (max_retries, now, *LEASE_EXPIRED, _TIMEOUT, *queues))
+        db.execute(promote, (now, *queues))
+        rows = db.execute(claim, (token, now, now + lease, *queues, limit)).fetchall()
+        if now - self._last_cleanup >= _CLEANUP_EVERY:
+            self._last_cleanup = now
+            db.execute(_Q["purge_finished"], (now,))
+        rows.sort()  # RETURNING has no order: oldest (lowest seq) first
+        return [Claimed(job_id, token, attempts, payload) for _, job_id, attempts, payload in rows]
 
-        def run(db: sqlite3.Connection) -> list[Any]:
-            now = time.time()
-            mr = max_retries
-            db.execute(expire, (mr, mr, mr, mr, now, now, *queues))
-            db.execute(promote, (now, *queues))
-            rows = db.execute(claim, (token, now, now + lease, *queues, limit)).fetchall()
-            if now - self._last_cleanup >= _CLEANUP_EVERY:
-                self._last_cleanup = now
-                db.execute(
-                    "DELETE FROM pywork_jobs WHERE state IN ('succeeded', 'cancelled') "
-                    "AND run_at <= ?",
-                    (now,),
-                )
-            return rows
-
-        rows = await self._tx(run)
-        rows.sort()
-        deliveries = []
-        for _, job_id, attempts, payload in rows:
-            try:
-                deliveries.append(Delivery(job_id, token, attempts, decode_job(payload)))
-            except DecodeError as exc:
-                deliveries.append(
-                    Delivery(job_id, token, attempts, None, f"{type(exc).__name__}: {exc}")
-                )
-        return deliveries
-
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when a job of `queues` may be ready, or after `timeout` seconds.
-
-        Wakes at once for jobs enqueued by this process; jobs enqueued by other
-        processes are seen within :data:`POLL_INTERVAL` seconds.
-        """
-        queues = list(queues)
+    async def _wait_for_work(self, queues: list[str], timeout: float) -> None:
+        """Wakes at once for jobs enqueued by this process; jobs enqueued by other
+        processes are seen within :data:`POLL_INTERVAL` seconds."""
         future = self._waiters.add(queues)
         try:
-            ready_sql, due_sql = _peek_sql(len(queues))
-
-            def peek(db: sqlite3.Connection) -> tuple[bool, float | None]:
-                ready = db.execute(ready_sql, queues).fetchone() is not None
-                return ready, db.execute(due_sql, queues).fetchone()[0]
-
-            ready, due = await self._ro(peek)
+            ready, due = await self._ro(self._peek, queues)
             if ready:
                 return
             delay = min(timeout, POLL_INTERVAL)
@@ -623,203 +415,125 @@ class SQLiteBroker:
         finally:
             self._waiters.remove(future)
 
-    wait_for_work = wait  # (until this backend moves onto the BrokerFront)
+    @staticmethod
+    def _peek(db: sqlite3.Connection, queues: list[str]) -> tuple[bool, float | None]:
+        ready_sql, due_sql = _peek_sql(len(queues))
+        ready = db.execute(ready_sql, queues).fetchone() is not None
+        return ready, db.execute(due_sql, queues).fetchone()[0]
 
-    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
-        """Extend the leases still held; ``{id: "cancelled" | "lost"}`` for the others."""
-        if not deliveries:
-            return {}
+    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+        return await self._tx(self._renew_in, deliveries, lease)
 
-        def renew(db: sqlite3.Connection) -> dict[str, str]:
-            until = time.time() + lease
-            lost: dict[str, str] = {}
-            for d in deliveries:
-                cursor = db.execute(
-                    "UPDATE pywork_jobs SET run_at = ? "
-                    "WHERE id = ? AND token = ? AND state = 'running'",
-                    (until, d.id, d.token),
-                )
-                if cursor.rowcount == 1:
-                    continue
-                row = db.execute(
-                    "SELECT state, token FROM pywork_jobs WHERE id = ?", (d.id,)
-                ).fetchone()
-                cancelled = row is not None and row[0] == "cancelled" and row[1] == d.token
-                lost[d.id] = "cancelled" if cancelled else "lost"
-            return lost
+    @staticmethod
+    def _renew_in(
+        db: sqlite3.Connection, deliveries: Sequence[Delivery], lease: float
+    ) -> dict[str, str]:
+        until = time.time() + lease
+        lost: dict[str, str] = {}
+        for d in deliveries:
+            if db.execute(_Q["renew"], (until, d.id, d.token)).rowcount == 1:
+                continue
+            row = db.execute(_Q["lease_holder"], (d.id,)).fetchone()
+            cancelled = row is not None and row[0] == "cancelled" and row[1] == d.token
+            lost[d.id] = "cancelled" if cancelled else "lost"
+        return lost
 
-        return await self._tx(renew)
-
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Apply outcomes in one transaction, each fenced by its token."""
-        if not outcomes:
-            return []
-        retention = self.retention
-        fence = "WHERE id = ? AND token = ? AND state = 'running' RETURNING queue"
-
-        def settle(db: sqlite3.Connection) -> tuple[list[bool], set[str]]:
-            now = time.time()
-            applied: list[bool] = []
-            woken: set[str] = set()
-            for o in outcomes:
-                d, state = o.delivery, o.state
-                status = None if o.status is None else int(o.status)
-                if state is JobState.SUCCEEDED:
-                    if retention == 0:
-                        cursor = db.execute(f"DELETE FROM pywork_jobs {fence}", (d.id, d.token))
-                    else:
-                        cursor = db.execute(
-                            "UPDATE pywork_jobs SET state = 'succeeded', status = ?, error = NULL,"
-                            f" token = NULL, finished_at = ?, run_at = ? {fence}",
-                            (status, now, now + retention, d.id, d.token),
-                        )
-                elif state is JobState.FAILED:
-                    cursor = db.execute(
-                        "UPDATE pywork_jobs SET state = 'failed', status = ?, error = ?, "
-                        f"token = NULL, run_at = ? {fence}",
-                        (status, o.error, now + (o.retry_in or 0.0), d.id, d.token),
-                    )
-                elif state is JobState.DEAD:
-                    cursor = db.execute(
-                        "UPDATE pywork_jobs SET state = 'dead', status = ?, error = ?, "
-                        f"token = NULL, finished_at = ?, run_at = NULL {fence}",
-                        (status, o.error, now, d.id, d.token),
-                    )
-                elif state is JobState.QUEUED:
-                    cursor = db.execute(
-                        "UPDATE pywork_jobs SET state = 'queued', token = NULL, run_at = NULL, "
-                        f"attempts = max(attempts - 1, 0) {fence}",
-                        (d.id, d.token),
-                    )
-                else:
-                    raise ValueError(f"cannot settle a job as {state!r}")
-                row = cursor.fetchone()
-                applied.append(row is not None)
-                if row is not None and state in (JobState.FAILED, JobState.QUEUED):
-                    woken.add(row[0])  # consumers sleeping in wait() look again
-            return applied, woken
-
-        applied, woken = await self._tx(settle)
+    async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        applied, woken = await self._tx(self._settle_in, outcomes, self.retention)
         if woken:
-            self._waiters.wake(list(woken))
+            self._waiters.wake(woken)  # consumers sleeping in wait_for_work look again
         return applied
 
-    # cluster schedules (contract §9) -------------------------------------------
-    async def schedule(
-        self,
-        name: str,
-        job: Job,
-        *,
-        every: float | timedelta | None = None,
-        cron: str | None = None,
-        timezone: str = "UTC",
-        jitter: float | timedelta = 0.0,
-        misfire: str = "skip",
-    ) -> ScheduleRecord:
-        """Declare (or redeclare) the schedule `name`; see :meth:`ScheduleStore.schedule`."""
-        spec, payload = declare(
-            name, job, every=every, cron=cron, timezone=timezone, jitter=jitter, misfire=misfire
-        )
+    @staticmethod
+    def _settle_in(
+        db: sqlite3.Connection, outcomes: Sequence[Outcome], retention: float
+    ) -> tuple[list[bool], set[str]]:
+        now = time.time()
+        applied: list[bool] = []
+        woken: set[str] = set()
+        for o in outcomes:
+            d, state = o.delivery, o.state
+            status = None if o.status is None else int(o.status)
+            if state is JobState.SUCCEEDED:
+                if retention == 0:
+                    cursor = db.execute(_Q["settle_succeeded_unkept"], (d.id, d.token))
+                else:
+                    cursor = db.execute(
+                        _Q["settle_succeeded"], (status, now, now + retention, d.id, d.token)
+                    )
+            elif state is JobState.FAILED:
+                cursor = db.execute(
+                    _Q["settle_failed"],
+                    (status, o.error, now + (o.retry_in or 0.0), d.id, d.token),
+                )
+            elif state is JobState.DEAD:
+                cursor = db.execute(_Q["settle_dead"], (status, o.error, now, d.id, d.token))
+            else:  # QUEUED: released untouched at shutdown
+                cursor = db.execute(_Q["settle_queued"], (d.id, d.token))
+            row = cursor.fetchone()
+            applied.append(row is not None)
+            if row is not None and state in (JobState.FAILED, JobState.QUEUED):
+                woken.add(row[0])
+        return applied, woken
 
-        def upsert(db: sqlite3.Connection) -> ScheduleRecord:
-            old = db.execute(
-                "SELECT every, cron, timezone, next_run_at FROM pywork_schedules WHERE name = ?",
-                (name,),
-            ).fetchone()
-            stored = None if old is None else ScheduleSpec(old[0], old[1], old[2], 0.0, "skip")
-            if stored is not None and spec.same_timing(stored):
-                next_run = int(old[3])
-            else:
-                next_run = to_micros(spec.first_run(cronlib.now()))
-            row = db.execute(
-                "INSERT INTO pywork_schedules (name, payload, every, cron, timezone, jitter, "
-                "misfire, next_run_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET payload = excluded.payload, "
-                "every = excluded.every, cron = excluded.cron, timezone = excluded.timezone, "
-                "jitter = excluded.jitter, misfire = excluded.misfire, "
-                f"next_run_at = excluded.next_run_at RETURNING {_SCHEDULE_COLUMNS}",
-                (name, payload, spec.every, spec.cron, spec.timezone, spec.jitter,
-                 spec.misfire, next_run),
-            ).fetchone()  # fmt: skip
-            return _schedule_record(row)
+    # cluster schedules (contract §9) ----------------------------------------------
+    async def _declare_schedule(
+        self, name: str, payload: bytes, spec: ScheduleSpec, first_run: int
+    ) -> StoredSchedule:
+        return await self._tx(self._declare_in, name, payload, spec, first_run)
 
-        return await self._tx(upsert)
+    @staticmethod
+    def _declare_in(
+        db: sqlite3.Connection, name: str, payload: bytes, spec: ScheduleSpec, first_run: int
+    ) -> StoredSchedule:
+        old = db.execute(_Q["schedule_timing"], (name,)).fetchone()
+        next_run = first_run
+        if old is not None and spec.same_timing(ScheduleSpec(old[0], old[1], old[2], 0.0, "skip")):
+            next_run = int(old[3])
+        row = db.execute(
+            _Q["schedule_upsert"],
+            (name, payload, spec.every, spec.cron, spec.timezone, spec.jitter, spec.misfire,
+             next_run),
+        ).fetchone()  # fmt: skip
+        return StoredSchedule._make(row)
 
-    async def unschedule(self, name: str) -> bool:
-        """Delete the schedule `name`; True if it existed."""
-        check_schedule_name(name)
-        return await self._tx(
-            lambda db: (
-                db.execute("DELETE FROM pywork_schedules WHERE name = ?", (name,)).rowcount == 1
-            )
-        )
+    async def _unschedule(self, name: str) -> bool:
+        return await self._tx(_count, _Q["unschedule"], (name,)) == 1
 
-    async def schedules(self) -> list[ScheduleRecord]:
-        """Every schedule, by name."""
-        rows = await self._ro(
-            lambda db: db.execute(
-                f"SELECT {_SCHEDULE_COLUMNS} FROM pywork_schedules ORDER BY name"
-            ).fetchall()
-        )
-        return [_schedule_record(row) for row in rows]
+    async def _schedules(self) -> list[StoredSchedule]:
+        rows = await self._ro(_all, _Q["schedules"], ())
+        return [StoredSchedule._make(row) for row in rows]
 
-    async def due_schedules(self, at: datetime) -> tuple[list[ScheduleRecord], datetime | None]:
-        """The schedules due at `at`, and the earliest next run time of the others."""
-        limit = to_micros(at)
+    async def _due_schedules(self, at: int) -> tuple[list[StoredSchedule], int | None]:
+        rows, later = await self._ro(self._due_in, at)
+        return [StoredSchedule._make(row) for row in rows], later
 
-        def due(db: sqlite3.Connection) -> tuple[list[Any], int | None]:
-            rows = db.execute(
-                f"SELECT {_SCHEDULE_COLUMNS} FROM pywork_schedules WHERE next_run_at <= ? "
-                "ORDER BY next_run_at, name",
-                (limit,),
-            ).fetchall()
-            later = db.execute(
-                "SELECT min(next_run_at) FROM pywork_schedules WHERE next_run_at > ?", (limit,)
-            ).fetchone()[0]
-            return rows, later
+    @staticmethod
+    def _due_in(db: sqlite3.Connection, at: int) -> tuple[list[Any], int | None]:
+        rows = db.execute(_Q["due_schedules"], (at,)).fetchall()
+        later = db.execute(_Q["next_schedule_after"], (at,)).fetchone()[0]
+        return rows, later
 
-        rows, later = await self._ro(due)
-        return [_schedule_record(row) for row in rows], (
-            None if later is None else from_micros(later)
-        )
-
-    async def fire(
-        self,
-        name: str,
-        expected: datetime,
-        next_run_at: datetime,
-        last_run_at: datetime,
-        jobs: Sequence[tuple[Job, float | None]],
+    async def _fire(
+        self, name: str, expected: int, next_run_at: int, last_run_at: int, jobs: list[NewJob]
     ) -> bool:
-        """If `name` still runs next at `expected`, move it on and enqueue `jobs`, in one
-        transaction (a conditional UPDATE, then the inserts).
-
-        Returns:
-            True if this call won the compare-and-set (and enqueued the jobs); False
-            (nothing changed) if another consumer fired it first or it was removed.
-        """
-        payloads = [encode_job(job) for job, _ in jobs]
-
-        def fire(db: sqlite3.Connection) -> set[str] | None:
-            cursor = db.execute(
-                "UPDATE pywork_schedules SET next_run_at = ?, last_run_at = ? "
-                "WHERE name = ? AND next_run_at = ?",
-                (to_micros(next_run_at), to_micros(last_run_at), name, to_micros(expected)),
-            )
-            if cursor.rowcount != 1:
-                return None
-            now = time.time()
-            ready: set[str] = set()
-            for (job, delay), payload in zip(jobs, payloads, strict=True):
-                start = now + delay if delay else None
-                self._insert(db, job, payload, start, now)
-                if start is None:
-                    ready.add(job.queue)
-            return ready
-
-        ready = await self._tx(fire)
+        ready = await self._tx(self._fire_in, name, expected, next_run_at, last_run_at, jobs)
         if ready is None:
             return False
         if ready:
-            self._waiters.wake(list(ready))
+            self._waiters.wake(ready)
         return True
+
+    def _fire_in(
+        self,
+        db: sqlite3.Connection,
+        name: str,
+        expected: int,
+        next_run_at: int,
+        last_run_at: int,
+        jobs: list[NewJob],
+    ) -> set[str] | None:
+        """The queues of the jobs ready now if this call won the compare-and-set, else None."""
+        if db.execute(_Q["fire"], (next_run_at, last_run_at, name, expected)).rowcount != 1:
+            return None
+        return self._insert(db, jobs)[1]
