@@ -297,11 +297,12 @@ class SQLiteBroker(BrokerFront):
         """Store `jobs` (in the caller's transaction): their ids, and the queues of the
         jobs ready now."""
         now = time.time()
+        holder_sql, insert_sql = _Q["key_holder"], _Q["insert"]
         ids: list[str] = []
         ready: set[str] = set()
         for job in jobs:
             if job.key is not None:
-                row = db.execute(_Q["key_holder"], (job.key,)).fetchone()
+                row = db.execute(holder_sql, (job.key,)).fetchone()
                 if row is not None:
                     ids.append(str(row[0]))
                     continue
@@ -309,7 +310,7 @@ class SQLiteBroker(BrokerFront):
             due = start is None or start <= now
             try:
                 db.execute(
-                    _Q["insert"],
+                    insert_sql,
                     (job.id, job.queue, job.handler, job.payload, job.key, job.max_retries,
                      "queued" if due else "scheduled", now, None if due else start),
                 )  # fmt: skip
@@ -524,8 +525,8 @@ class SQLiteBroker(BrokerFront):
             self._waiters.wake(ready)
         return True
 
+    @staticmethod
     def _fire_in(
-        self,
         db: sqlite3.Connection,
         name: str,
         expected: int,
@@ -536,4 +537,4 @@ class SQLiteBroker(BrokerFront):
         """The queues of the jobs ready now if this call won the compare-and-set, else None."""
         if db.execute(_Q["fire"], (next_run_at, last_run_at, name, expected)).rowcount != 1:
             return None
-        return self._insert(db, jobs)[1]
+        return SQLiteBroker._insert(db, jobs)[1]
