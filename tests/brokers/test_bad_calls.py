@@ -89,7 +89,12 @@ BAD_CALLS: list[tuple[str, Call, type[Exception]]] = [
     ("schedule a bad cron", lambda b: b.schedule("n", Job("x"), cron="61 * * * *"), ValueError),
     ("unschedule an int", lambda b: b.unschedule(3), TypeError),  # type: ignore[arg-type]
     ("due_schedules a str", lambda b: b.due_schedules("now"), TypeError),  # type: ignore[arg-type]
-    ("due_schedules naive", lambda b: b.due_schedules(datetime.now()), TypeError),
+    ("due_schedules naive", lambda b: b.due_schedules(datetime.now()), ValueError),
+    (
+        "fire a bare Job",
+        lambda b: b.fire("n", *[datetime.now().astimezone()] * 3, [Job("x")]),  # type: ignore[list-item]
+        TypeError,
+    ),
 ]
 
 

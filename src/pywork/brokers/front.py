@@ -422,10 +422,13 @@ class BrokerFront(abc.ABC):
         the earliest next run of the others (None when there are none).
 
         Raises:
-            TypeError: `at` is not an aware datetime.
+            TypeError: `at` is not a datetime.
+            ValueError: `at` is naive.
         """
-        if not isinstance(at, datetime) or at.utcoffset() is None:
+        if not isinstance(at, datetime):
             raise TypeError(f"at must be an aware datetime.datetime, got {at!r}")
+        if at.utcoffset() is None:
+            raise ValueError(f"at must be an aware datetime (with a tzinfo), got {at!r}")
         rows, later = await self._do(self._due_schedules, to_micros(at))
         records = [self._schedule_record(row) for row in rows]
         return records, None if later is None else cronlib.from_micros(later)
@@ -447,7 +450,12 @@ class BrokerFront(abc.ABC):
             another consumer fired it first or it was removed.
         """
         check_schedule_name(name)
-        news = [self._new_job(job, encode_job(job), None, delay or None) for job, delay in jobs]
+        news = []
+        for pair in jobs:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], Job)):
+                raise TypeError(f"fire takes (Job, delay) pairs, got {pair!r}")
+            job, delay = pair
+            news.append(self._new_job(job, encode_job(job), None, delay or None))
         return await self._do(
             self._fire,
             name,
