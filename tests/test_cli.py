@@ -212,6 +212,9 @@ def test_http_serves_metrics_and_ready(tmp_path: Path, stop_all: Procs) -> None:
         (["enqueue", "echo", "--args", "[1]"], "must be a JSON object"),
         (["queues", "--broker", "ftp://x"], "supported schemes"),
         (["queues", "--broker", "redis://127.0.0.1:1/0"], "127.0.0.1:1"),
+        (["queues", "--broker", "redis://:s3cret@127.0.0.1:1/0"], "127.0.0.1:1"),
+        (["queues", "--broker", "postgresql://app:s3cret@127.0.0.1:1/db"], "127.0.0.1:1"),
+        (["queues", "--broker", "sqlite:////nonexistent/dir/x.db"], "/nonexistent/dir/x.db"),
         (["enqueue", "echo", "--delay", "-1"], "expected seconds >= 0"),
     ],
 )
@@ -222,6 +225,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], mess
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr
 
 
 def test_queues_and_dead_letters(tmp_path: Path) -> None:

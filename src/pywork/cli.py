@@ -19,10 +19,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 from pywork.brokers import DEFAULT_URL, Broker, JobRecord, connect, mask_url
-from pywork.errors import SerializationError
+from pywork.errors import BrokerUnavailable, SerializationError
 from pywork.job import Job
 from pywork.worker import Worker
 
@@ -79,21 +78,8 @@ async def _connect(url: str) -> Broker:
     """Connect, turning unreachable brokers and bad URLs into one-line usage errors."""
     try:
         return await connect(url)
-    except (ValueError, TypeError, ImportError) as exc:
+    except (ValueError, TypeError, ImportError, BrokerUnavailable) as exc:
         raise UsageError(str(exc)) from exc
-    except (OSError, ConnectionError) as exc:
-        parts = urlsplit(url)
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
-        raise UsageError(
-            f"cannot reach the {parts.scheme} broker at {where}: {exc.__class__.__name__}: {exc}"
-        ) from exc
-    except Exception as exc:  # driver-specific connection errors (redis, asyncpg)
-        if "connect" in type(exc).__name__.lower() or "connect" in str(exc).lower():
-            parts = urlsplit(url)
-            raise UsageError(
-                f"cannot reach the {parts.scheme} broker at {parts.hostname}:{parts.port}: {exc}"
-            ) from exc
-        raise
 
 
 async def _with_broker(url: str, work: Callable[[Broker], Awaitable[int]]) -> int:
