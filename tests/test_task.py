@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from typing import Any, TypedDict
@@ -10,8 +11,9 @@ import msgspec
 import pydantic
 import pytest
 
-from pywork import InvalidArgs, Job, SerializationError
+from pywork import InternalError, InvalidArgs, Job, JobState, SerializationError, Status, Worker
 from pywork.task import ArgsModel, Task, args_model_of
+from pywork.testing import MemoryBroker, drain
 
 
 class User(msgspec.Struct):
@@ -137,3 +139,112 @@ def test_calling_a_task_calls_the_function() -> None:
         return 2 * int(job.args["n"])
 
     assert Task(double, "double")(Job("double", {"n": 4})) == 8
+
+
+# ---------------------------------------------------------------------------------------
+# the worker runs tasks: typed args, options, results
+# ---------------------------------------------------------------------------------------
+
+
+async def test_a_typed_handler_gets_its_model_and_returns_a_result() -> None:
+    worker = Worker()
+    seen: list[Signup] = []
+
+    @worker.handler("signup")
+    async def signup(job: Job, args: Signup) -> str:
+        seen.append(args)
+        return f"welcome {args.user.name}"
+
+    @worker.handler("resize", args=Resize)
+    def resize(job: Job, args) -> int:  # type: ignore[no-untyped-def]
+        return int(args.width) * 2
+
+    assert isinstance(signup, Task) and signup.args_type is Signup
+    async with worker:
+        done = await worker.perform(signup.job({"user": {"name": "ada", "age": 36}}), wait=True)
+        assert done.status is Status.SUCCESS and done.result == "welcome ada"
+        assert done.ctx.result == "welcome ada"
+        assert seen == [Signup(User("ada", 36))]
+        plain = await worker.perform(resize.job(Resize("a.png", 21)), wait=True)
+        assert (plain.status, plain.result) == (Status.SUCCESS, 42)
+
+
+async def test_bad_args_end_the_run_with_bad_request_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = Worker()
+    ran: list[object] = []
+
+    @worker.handler("signup")
+    async def signup(job: Job, args: Signup) -> None:
+        ran.append(args)
+
+    async with worker:
+        done = await worker.perform(Job("signup", {"user": {"name": 1}}), wait=True)
+    assert done.status is Status.BAD_REQUEST and ran == []
+    assert isinstance(done.error, InvalidArgs)
+    assert "args['user']['name']" in str(done.error)
+    assert done.result is None
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_the_handler_timeout_applies_when_the_job_has_none() -> None:
+    worker = Worker()
+
+    @worker.handler("slow", timeout=0.05)
+    async def slow(job: Job) -> None:
+        await asyncio.sleep(30)
+
+    async with worker:
+        done = await worker.perform(slow.job(), wait=True)
+        assert done.status is Status.TIMEOUT
+        assert "exceeded its timeout of 0.05s" in str(done.error)
+        longer = await worker.perform(Job("slow", timeout=0.2), wait=True)
+        assert longer.status is Status.TIMEOUT and "0.2s" in str(longer.error)
+        assert longer.duration is not None and longer.duration >= 0.15
+
+
+def test_register_checks_its_options() -> None:
+    worker = Worker()
+    with pytest.raises(ValueError, match="queue"):
+        worker.register("a", plain, queue="")
+    with pytest.raises(ValueError, match="timeout"):
+        worker.register("a", plain, timeout=0)
+    with pytest.raises(ValueError, match="max_retries"):
+        worker.register("a", plain, max_retries=-1)
+    with pytest.raises(TypeError, match="args"):
+        worker.register("a", untyped, args=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="args model is unknown"):
+        worker.register("a", untyped)
+    assert worker.handlers == []
+    task = worker.register("a", plain, queue="q", timeout=2, max_retries=0)
+    assert worker.task("a") is task
+    assert (task.queue, task.timeout, task.max_retries) == ("q", 2.0, 0)
+
+
+async def test_on_a_durable_queue_bad_args_are_dead_at_once_and_max_retries_applies() -> None:
+    worker = Worker()
+    runs: list[int] = []
+
+    @worker.handler("signup")
+    async def signup(job: Job, args: Signup) -> dict[str, str]:
+        return {"user": args.user.name}
+
+    @worker.handler("flaky", max_retries=1)
+    async def flaky(job: Job) -> None:
+        runs.append(job.ctx.attempt if job.ctx else 0)
+        raise InternalError("down")
+
+    broker = MemoryBroker()
+    bad = await broker.enqueue(Job("signup", {"user": {"name": "ada", "age": "old"}}))
+    good = await broker.enqueue(signup.job({"user": {"name": "ada", "age": 36}}))
+    failing = await broker.enqueue(flaky.job())
+    await drain(worker, broker, max_retries=5)
+    record = await broker.get(bad)
+    assert record is not None and record.state is JobState.DEAD
+    assert record.status is Status.BAD_REQUEST and record.attempts == 1
+    assert record.error is not None and record.error.startswith("InvalidArgs: ")
+    assert "args['user']['age']" in record.error
+    assert (await broker.get(good)).state is JobState.SUCCEEDED  # type: ignore[union-attr]
+    dead = await broker.get(failing)
+    assert dead is not None and dead.state is JobState.DEAD and runs == [1, 2]

@@ -62,7 +62,7 @@ def test_register_and_decorators() -> None:
     async def named(job: Job) -> None:
         pass
 
-    # the decorators return the function itself
+    # the decorators return a Task that calls and names the function
     assert callable(bare)
     assert bare.__name__ == "bare"
     assert worker.handlers == ["explicit", "bare", "called_without_name", "email.send"]

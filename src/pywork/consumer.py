@@ -169,6 +169,10 @@ class Host(Runner, Protocol):
         """The middleware chain of `handler`, or None when it is not registered."""
         ...
 
+    def max_retries_for(self, handler: str) -> int | None:
+        """The `max_retries` option `handler` was registered with, or None."""
+        ...
+
     def add_stop_hook(self, hook: Callable[[], None]) -> None:
         """Call `hook` when the worker's stop begins."""
         ...
@@ -505,12 +509,13 @@ class Consumer:
             self._logger.info("job %s cancelled through the broker", lease.delivery.id)
             self._drop(lease)
         else:
+            retries = self.worker.max_retries_for(execution.job.handler)
             self._post(
                 outcome_for(
                     lease.delivery,
                     execution.status,
                     execution.error,
-                    max_retries=self.max_retries,
+                    max_retries=self.max_retries if retries is None else retries,
                     backoff=self.backoff,
                     stopping=self._stopping,
                 )

@@ -9,7 +9,7 @@ import inspect
 import logging
 from typing import Any, cast
 
-from pywork.errors import JobError, JobTimeout, status_for
+from pywork.errors import InvalidArgs, JobError, JobTimeout, status_for
 from pywork.job import Context, Job
 from pywork.status import Status
 from pywork.types import Adapter, AnyHandler, Handler
@@ -32,8 +32,10 @@ def is_async_handler(handler: object) -> bool:
 def with_outcome(handler: AnyHandler) -> Handler:
     """Wrap a user handler with the outcome rules (the innermost layer of every chain).
 
-    - returns with status UNKNOWN → SUCCESS; a status the handler set is kept;
-    - raises JobError → its status; anything else → INTERNAL_ERROR, logged with traceback;
+    - returns with status UNKNOWN → SUCCESS; a status the handler set is kept; the
+      returned value is the run's result (``ctx.result``);
+    - raises JobError → its status, InvalidArgs → BAD_REQUEST; anything else →
+      INTERNAL_ERROR, logged with its traceback;
     - exceeds ``job.timeout`` → TIMEOUT; cancelled → CANCELLED (and re-raised).
 
     A plain function runs in the worker's thread pool. A handler already wrapped
@@ -109,12 +111,15 @@ def log_failure(ctx: Context, exc: BaseException, what: str) -> None:
 
 def _fail(ctx: Context, exc: Exception) -> None:
     ctx.set_outcome(status_for(exc), exc)
-    if not isinstance(exc, JobError):  # a JobError is an outcome, not a failure to log
+    if not isinstance(exc, JobError | InvalidArgs):  # outcomes, not failures to log
         log_failure(ctx, exc, "handler")
 
 
 def _timed_out(ctx: Context) -> None:
-    timeout = JobTimeout(f"exceeded its timeout of {ctx.job.timeout:g}s")
+    limit = ctx.job.timeout
+    if limit is None and ctx.worker is not None:
+        limit = ctx.worker.timeout_for(ctx.job.handler)  # the handler's own timeout option
+    timeout = JobTimeout(f"exceeded its timeout of {limit or 0:g}s")
     ctx.set_outcome(_TIMEOUT, timeout, cancelled=True)
 
 
@@ -128,12 +133,12 @@ def _async_outcome(fn: Any) -> Handler:
         ctx = _context(job)
         try:
             if ctx.deadline is None:
-                await fn(job)
+                result = await fn(job)
             else:
                 timer = asyncio.timeout(ctx.time_left())
                 try:
                     async with timer:
-                        await fn(job)
+                        result = await fn(job)
                 except TimeoutError:
                     if not timer.expired():
                         raise
@@ -146,7 +151,7 @@ def _async_outcome(fn: Any) -> Handler:
         except Exception as exc:
             _fail(ctx, exc)
         else:
-            ctx.returned()
+            ctx.returned(result)
 
     return run
 
@@ -162,14 +167,14 @@ def _sync_outcome(fn: Any) -> Handler:
             if ctx.deadline is None:
                 result = await loop.run_in_executor(executor, call, fn, job)
                 if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
-                    await result
+                    result = await result
             else:
                 timer = asyncio.timeout(ctx.time_left())
                 try:
                     async with timer:
                         result = await loop.run_in_executor(executor, call, fn, job)
                         if inspect.isawaitable(result):
-                            await result
+                            result = await result
                 except TimeoutError:
                     if not timer.expired():
                         raise
@@ -183,6 +188,6 @@ def _sync_outcome(fn: Any) -> Handler:
         except Exception as exc:
             _fail(ctx, exc)
         else:
-            ctx.returned()
+            ctx.returned(result)
 
     return run

@@ -184,6 +184,11 @@ class WorkerLike(Protocol):
         """The pool plain (sync) handlers run in. Internal: used by the outcome rules."""
         ...
 
+    def timeout_for(self, handler: str) -> float | None:
+        """The `timeout` option `handler` was registered with (applies when the job has
+        none), or None."""
+        ...
+
 
 class _JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger whose records carry `job_id` and `handler`, merged with any caller `extra`."""
@@ -213,6 +218,7 @@ class Context:
         "deadline",
         "error",
         "job",
+        "result",
         "worker",
         "worker_number",
     )
@@ -231,6 +237,7 @@ class Context:
         self.deadline: float | None = None
         self.cancelled = False
         self.error: BaseException | None = None
+        self.result: Any = None
         self._status = Status.UNKNOWN
         self._values: dict[str, Any] | None = None
         self._logger: Any = None
@@ -319,11 +326,13 @@ class Context:
         if cancelled:
             self.cancelled = True
 
-    def returned(self) -> None:
-        """The handler returned: an UNKNOWN status becomes SUCCESS, a status it set is kept.
+    def returned(self, result: Any = None) -> None:
+        """The handler returned `result`: it becomes :attr:`result`; an UNKNOWN status
+        becomes SUCCESS, a status it set is kept.
 
         Internal: the outcome rules call it once per run.
         """
+        self.result = result
         if self._status is _UNKNOWN:
             self._status = _SUCCESS
 

@@ -12,6 +12,7 @@ run with BAD_REQUEST: dead at once on a durable queue.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 import typing
@@ -23,9 +24,11 @@ import msgspec
 from pywork._durations import optional_duration
 from pywork.encoding import check_json
 from pywork.errors import InvalidArgs, SerializationError
+from pywork.handler import is_async_handler
 from pywork.job import Job
+from pywork.types import AnyHandler
 
-__all__ = ["ArgsModel", "Task", "args_model_of"]
+__all__ = ["ArgsModel", "Task", "args_model_of", "bind_args"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -188,6 +191,23 @@ def args_model_of(
     return ArgsModel(model, name)
 
 
+def bind_args(fn: Callable[..., Any], args: ArgsModel) -> AnyHandler:
+    """A ``(job)`` handler that calls ``fn(job, args.convert(job.args))``, async or plain
+    like `fn` (the conversion of a plain handler runs in its thread)."""
+    convert = args.convert
+    if is_async_handler(fn):
+
+        async def call_async(job: Job) -> Any:
+            return await fn(job, convert(job.args))
+
+        return functools.wraps(fn)(call_async)
+
+    def call(job: Job) -> Any:
+        return fn(job, convert(job.args))
+
+    return functools.wraps(fn)(call)
+
+
 class Task(Generic[F]):
     """What ``@worker.handler(...)`` returns: the function, its name and its options.
 
@@ -201,6 +221,9 @@ class Task(Generic[F]):
         max_retries: retries when the job sets none (None: the consumer's default).
         args_type: the args model class, or None for a ``(job)`` handler.
     """
+
+    __name__: str  # the function's, like its __doc__ and __wrapped__ (update_wrapper)
+    __qualname__: str
 
     def __init__(
         self,
@@ -219,8 +242,7 @@ class Task(Generic[F]):
         self.max_retries = max_retries
         self.args = args
         self.args_type: type | None = None if args is None else args.model
-        self.__doc__ = getattr(fn, "__doc__", None)
-        self.__wrapped__ = fn
+        functools.update_wrapper(self, fn)  # __name__, __doc__, __wrapped__… of the function
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself."""

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pywork._checks import check_adapters, check_handler_name, check_source
-from pywork._durations import duration, positive_int
+from pywork._durations import duration, optional_duration, positive_int
 from pywork.channel import Channel
 from pywork.cron import ScheduleSpec, declare
 from pywork.errors import (
@@ -28,14 +28,15 @@ from pywork.handler import log_failure, with_outcome
 from pywork.job import Job
 from pywork.schedule import Execution, Schedule
 from pywork.status import Status
-from pywork.types import Adapter, AnyHandler, Handler
+from pywork.task import Task, args_model_of, bind_args
+from pywork.types import Adapter, Handler
 
 if TYPE_CHECKING:
     from pywork.brokers.base import Broker
 
 __all__ = ["Worker", "check_handler_name"]
 
-H = TypeVar("H", bound=AnyHandler)
+F = TypeVar("F", bound=Callable[..., Any])
 
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 _CANCELLED = Status.CANCELLED
@@ -83,6 +84,8 @@ class Worker:
         self.max_concurrency = max_concurrency
         self._middleware: list[Adapter] = list(middleware)
         self._handlers: dict[str, Handler] = {}
+        self._tasks: dict[str, Task[Any]] = {}
+        self._timeouts: dict[str, float] = {}  # the handlers' timeout options
         self._chains: dict[str, Handler] = {}
         self._state = _NEW
         self._stopping: asyncio.Future[None] | None = None
@@ -98,43 +101,132 @@ class Worker:
         self._cluster_schedules: dict[str, tuple[Job, ScheduleSpec]] = {}  # applied by consume
 
     # registration -------------------------------------------------------------
-    def register(self, name: str, handler: AnyHandler) -> None:
-        """Register `handler` (async or plain function taking a Job) under `name`.
+    def register(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        *,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_retries: int | None = None,
+        args: type | None = None,
+    ) -> Task[Any]:
+        """Register `handler` under `name` and return its :class:`~pywork.task.Task`.
+
+        Args:
+            name: the handler name jobs carry.
+            handler: an async or plain function taking ``(job)``, or ``(job, args)`` with
+                an args model (`args`, or the annotation of its second parameter).
+            queue: the default queue of ``task.job()``.
+            timeout: seconds a run may take when ``job.timeout`` is None.
+            max_retries: durable retries when ``job.max_retries`` is None (beats the
+                consumer's default).
+            args: the args model: a ``msgspec.Struct``, dataclass, ``TypedDict`` or
+                pydantic ``BaseModel`` class that ``job.args`` is converted into.
 
         Raises:
-            TypeError: `name` is not a str or `handler` is not callable.
-            ValueError: `name` is empty.
+            TypeError: `name` is not a str, `handler` is not callable, a bad option type,
+                or a ``(job, args)`` handler without a model.
+            ValueError: `name` or `queue` empty, `timeout` <= 0, `max_retries` < 0.
             HandlerAlreadyRegistered: `name` is taken.
         """
         check_handler_name(name)
+        if isinstance(handler, Task):
+            handler = handler.fn
+        if not callable(handler):
+            raise TypeError(
+                f"a handler must be an async or plain function taking a Job, got {handler!r}"
+            )
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"queue must be None or a non-empty str, got {queue!r}")
+        seconds = optional_duration(timeout, "timeout", allow_zero=False)
+        if max_retries is not None:
+            max_retries = positive_int(max_retries, "max_retries", minimum=0)
+        if args is not None and not isinstance(args, type):
+            raise TypeError(f"args must be a model class or None, got {args!r}")
         if name in self._handlers:
             raise HandlerAlreadyRegistered(f"a handler named {name!r} is already registered")
-        self._handlers[name] = with_outcome(handler)
+        model = args_model_of(handler, args, name)
+        task = Task(
+            handler, name, queue=queue, timeout=seconds, max_retries=max_retries, args=model
+        )
+        self._handlers[name] = with_outcome(handler if model is None else bind_args(handler, model))
+        self._tasks[name] = task
+        if seconds is not None:
+            self._timeouts[name] = seconds
         if self._state == _RUNNING:
             self._chains[name] = self._compose(name)
+        return task
 
     @overload
-    def handler(self, name: H) -> H: ...
+    def handler(self, name: F, /) -> Task[F]: ...
     @overload
-    def handler(self, name: str | None = None) -> Callable[[H], H]: ...
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_retries: int | None = None,
+        args: type | None = None,
+    ) -> Callable[[F], Task[F]]: ...
 
-    def handler(self, name: str | H | None = None) -> H | Callable[[H], H]:
-        """Decorator registering a function under `name` (default: its ``__name__``).
+    def handler(
+        self,
+        name: str | F | None = None,
+        *,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_retries: int | None = None,
+        args: type | None = None,
+    ) -> Task[F] | Callable[[F], Task[F]]:
+        """Decorator registering a function under `name` (default: its ``__name__``) with
+        the options of :meth:`register`; it returns the function's
+        :class:`~pywork.task.Task` (calling the task calls the function).
 
-        Both ``@worker.handler`` and ``@worker.handler("email.send")`` work.
+        ``@worker.handler``, ``@worker.handler("email.send")`` and
+        ``@worker.handler("email.send", queue="mail", timeout=10, args=Email)`` all work.
         """
         if callable(name):
             func = name
-            self.register(func.__name__, func)
-            return func
+            return self.register(func.__name__, func)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"handler name must be a str or None, got {name!r}")
 
-        def decorator(func: H) -> H:
-            self.register(name or func.__name__, func)
-            return func
+        def decorator(func: F) -> Task[F]:
+            return self.register(
+                name or func.__name__,
+                func,
+                queue=queue,
+                timeout=timeout,
+                max_retries=max_retries,
+                args=args,
+            )
 
         return decorator
+
+    def task(self, name: str) -> Task[Any]:
+        """The :class:`~pywork.task.Task` registered under `name` (its options).
+
+        Raises:
+            HandlerNotFound: `name` is not registered.
+        """
+        task = self._tasks.get(name)
+        if task is None:
+            raise HandlerNotFound(f"no handler registered for {name!r}")
+        return task
+
+    def timeout_for(self, handler: str) -> float | None:
+        """The `timeout` option of `handler` (applies when the job has none), or None.
+
+        Internal: the outcome rules read it for the error of a timed-out run.
+        """
+        return self._timeouts.get(handler)
+
+    def max_retries_for(self, handler: str) -> int | None:
+        """The `max_retries` option of `handler`, or None. Internal: read by the consumer."""
+        task = self._tasks.get(handler)
+        return None if task is None else task.max_retries
 
     def use(self, *adapters: Adapter) -> None:
         """Add worker-wide middleware (outermost last). Only before :meth:`start`.
@@ -382,8 +474,11 @@ class Worker:
         try:
             t0 = execution.t_start = time.monotonic()
             job = execution.job
-            if job.timeout is not None:
-                ctx.deadline = t0 + job.timeout
+            timeout = job.timeout
+            if timeout is None and self._timeouts:
+                timeout = self._timeouts.get(job.handler)
+            if timeout is not None:
+                ctx.deadline = t0 + timeout
             await chain(job)
         except asyncio.CancelledError as exc:
             if ctx.status is not _CANCELLED:
