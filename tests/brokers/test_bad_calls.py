@@ -18,6 +18,7 @@ from pywork.brokers import Broker, Delivery, Outcome
 Call = Callable[[Broker], Awaitable[Any]]
 
 _DELIVERY = Delivery("0" * 32, "token", 1, None)
+NOW = datetime.now().astimezone()
 
 #: (what, call, the exception every backend raises)
 BAD_CALLS: list[tuple[str, Call, type[Exception]]] = [
@@ -92,7 +93,7 @@ BAD_CALLS: list[tuple[str, Call, type[Exception]]] = [
     ("due_schedules naive", lambda b: b.due_schedules(datetime.now()), ValueError),
     (
         "fire a bare Job",
-        lambda b: b.fire("n", *[datetime.now().astimezone()] * 3, [Job("x")]),  # type: ignore[list-item]
+        lambda b: b.fire("n", NOW, NOW, NOW, [Job("x")]),  # type: ignore[list-item]
         TypeError,
     ),
 ]

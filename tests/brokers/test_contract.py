@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -96,7 +96,7 @@ async def test_enqueue_returns_the_id_and_get_shows_a_queued_record(broker: Brok
     assert record is not None
     assert (record.id, record.handler, record.queue) == (job.id, "email.send", "mail")
     assert record.args == {"to": "a@b.c", "n": [1, 2.5, None, True]}
-    assert record.state == JobState.QUEUED == "queued"
+    assert record.state is JobState.QUEUED and str(record.state) == "queued"  # a StrEnum
     assert (record.status, record.error, record.attempts) == (None, None, 0)
     assert record.enqueued_at.tzinfo is not None
     assert before - timedelta(seconds=1) <= record.enqueued_at <= after + timedelta(seconds=1)
@@ -460,7 +460,7 @@ async def test_retry_after_is_honoured_and_the_failed_record_waits(broker: Broke
     assert (await broker.stats())["default"].failed == 1
 
 
-async def _started(starts: list[float], n: int) -> bool:
+async def _started(starts: Sequence[float], n: int) -> bool:
     return len(starts) >= n
 
 

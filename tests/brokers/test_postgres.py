@@ -78,7 +78,7 @@ async def claim_after_wait(
 
 
 async def sql(broker: PostgresBroker, query: str, *args: object) -> object:
-    async with broker._pool.acquire() as conn:
+    async with broker.pool.acquire() as conn:
         return await conn.fetchval(query.replace("{jobs}", f"{broker._schema}.jobs"), *args)
 
 
@@ -134,7 +134,7 @@ async def test_url_options_are_validated_and_not_sent_to_the_server(
         assert isinstance(broker, PostgresBroker) and broker.schema == "Mixed-Case"
         await broker.enqueue(Job("x"))
         assert await sql(broker, "SELECT count(*) FROM {jobs}") == 1
-        assert broker._pool.get_max_size() == 2
+        assert broker.pool.get_max_size() == 2
         assert await sql(broker, "SELECT current_setting('application_name')") == "x"
 
 

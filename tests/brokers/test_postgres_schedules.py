@@ -57,7 +57,7 @@ async def broker(open_pg: OpenPg) -> PostgresBroker:
 async def sql(broker: PostgresBroker, query: str, *args: object) -> object:
     schema = broker._schema
     query = query.replace("{jobs}", f"{schema}.jobs").replace("{schedules}", f"{schema}.schedules")
-    async with broker._pool.acquire() as conn:
+    async with broker.pool.acquire() as conn:
         return await conn.fetchval(query, *args)
 
 
@@ -144,8 +144,9 @@ async def test_schedule_validates_and_stores_nothing_on_bad_input(broker: Postgr
     assert await broker.schedules() == []
     with pytest.raises(ValueError, match="aware"):
         await broker.due_schedules(datetime(2030, 1, 1))
+    now = datetime.now(UTC)
     with pytest.raises(TypeError, match="pairs"):
-        await broker.fire("s", *[datetime.now(UTC)] * 3, [Job("x")])  # type: ignore[list-item]
+        await broker.fire("s", now, now, now, [Job("x")])  # type: ignore[list-item]
 
 
 async def test_redeclaring_keeps_next_run_only_when_the_timing_is_unchanged(
@@ -342,7 +343,7 @@ async def test_concurrent_fires_of_one_tick_have_one_winner(open_pg: OpenPg) -> 
         winners = [job_id for won, job_id in results if won]
         assert len(winners) == 1, results
         all_jobs.extend(winners)
-    keys = await brokers[0]._pool.fetch(f"SELECT id, key FROM {brokers[0]._schema}.jobs")
+    keys = await brokers[0].pool.fetch(f"SELECT id, key FROM {brokers[0]._schema}.jobs")
     assert sorted(r["id"] for r in keys) == sorted(all_jobs)
     assert len({r["key"] for r in keys}) == 15  # one job per tick
     (stored,) = await brokers[0].schedules()
@@ -376,7 +377,7 @@ async def test_a_worker_fires_due_schedules_once_across_consumers(
     logger = logging.getLogger("pywork")
     sleeps = await asyncio.gather(*(fire_due(b, logger) for b in brokers))
     # Then the three ticks were fired once, and everyone sleeps until the next one
-    keys = await brokers[0]._pool.fetch(f"SELECT key FROM {brokers[0]._schema}.jobs ORDER BY seq")
+    keys = await brokers[0].pool.fetch(f"SELECT key FROM {brokers[0]._schema}.jobs ORDER BY seq")
     ticks = [record.next_run_at + timedelta(seconds=s) for s in (0, 2, 4)]
     assert [r["key"] for r in keys] == [tick_key("due", t) for t in ticks]
     (stored,) = await brokers[0].schedules()
@@ -392,7 +393,7 @@ async def test_a_fire_blocked_behind_another_sees_its_commit(open_pg: OpenPg) ->
     record = await a.schedule("lock", Job("x"), every=1)
     tick = record.next_run_at
     step = timedelta(seconds=1)
-    async with a._pool.acquire() as conn:
+    async with a.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         (job_a, _) = tick_jobs(record, tick)[0]

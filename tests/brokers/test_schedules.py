@@ -54,7 +54,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def store(broker: Broker) -> ScheduleStore:
     assert callable(getattr(broker, "due_schedules", None)), f"{broker!r} has no schedules"
-    return broker  # type: ignore[return-value]
+    return broker
 
 
 def s(seconds: float) -> timedelta:

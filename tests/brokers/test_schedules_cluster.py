@@ -57,7 +57,7 @@ def count_lines(path: Path) -> int:
 async def test_each_tick_fires_once_across_consumers_with_skew_and_a_kill(
     broker: Broker, broker_url: str, tmp_path: Path
 ) -> None:
-    schedules: ScheduleStore = broker  # type: ignore[assignment]
+    schedules: ScheduleStore = broker
     side_file, ready_file = tmp_path / "ran.txt", tmp_path / "ready.txt"
 
     async def distinct_keys_at_least(n: int) -> bool:
@@ -133,6 +133,6 @@ def _all_done(broker: Broker):  # type: ignore[no-untyped-def]
         if stats is None:
             return False
         total = sum(getattr(stats, state.value) for state in JobState)
-        return stats.succeeded == total
+        return bool(stats.succeeded == total)
 
     return check

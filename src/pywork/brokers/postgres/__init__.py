@@ -42,7 +42,7 @@ from pywork.brokers.base import (
 from pywork.brokers.front import BrokerFront, duplicate_id
 from pywork.brokers.queries import load_queries, read_resource
 from pywork.cron import ScheduleSpec
-from pywork.errors import BrokerError, BrokerUnavailable
+from pywork.errors import BrokerClosed, BrokerError, BrokerUnavailable
 from pywork.status import Status
 
 __all__ = ["PostgresBroker"]
@@ -260,6 +260,18 @@ class PostgresBroker(BrokerFront):
         return pool
 
     # lifecycle -----------------------------------------------------------------------
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The broker's asyncpg connection pool (for your own queries next to the jobs).
+
+        Raises:
+            BrokerClosed: the broker is not open.
+        """
+        self._check_open()
+        if self._pool is None:
+            raise BrokerClosed(f"{self!r} is not open: await broker.open() first")
+        return self._pool
+
     async def _open(self) -> None:
         if self._pool is not None:
             return
