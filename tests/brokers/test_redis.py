@@ -10,16 +10,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import msgspec
 import pytest
 import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import pywork
-from pywork import Job, JobState, Status, Worker
+from pywork import BrokerClosed, BrokerError, BrokerUnavailable, Job, JobState, Status, Worker
 from pywork.brokers import Broker, Outcome
-from pywork.brokers.redis import RedisBroker
+from pywork.brokers.base import LEASE_EXPIRED
+from pywork.brokers.redis import RedisBroker, _pack
 from pywork.encoding import encode_job
 from tests.brokers.support import claim_one, consuming, record_in, until
 from tests.servers import RedisServer, free_port
@@ -87,8 +87,49 @@ async def test_from_url_rejects_bad_urls_and_unreachable_servers() -> None:
         await RedisBroker.from_url("redis://localhost:6379/0?prefix={x}")
     with pytest.raises(ValueError, match="retention"):
         await RedisBroker.from_url("redis://localhost:6379/0", retention=-1)
-    with pytest.raises(RedisConnectionError):
-        await RedisBroker.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    port = free_port()
+    with pytest.raises(BrokerUnavailable, match=rf"cannot reach Redis at 127\.0\.0\.1:{port} "):
+        await RedisBroker.from_url(f"redis://127.0.0.1:{port}/0")
+
+
+async def test_an_unreachable_server_names_host_and_port_but_never_the_password() -> None:
+    port = free_port()
+    with pytest.raises(BrokerUnavailable) as caught:
+        await pywork.connect(f"redis://user:s3cr%40t@127.0.0.1:{port}/0?prefix=x")
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "s3cr" not in message
+    assert isinstance(caught.value, ConnectionError)  # BrokerUnavailable is one
+    # even when the driver's own message carries the url, the password is masked
+    client = aioredis.Redis.from_url(f"redis://user:s3cr%40t@127.0.0.1:{port}/0")
+    broker = RedisBroker(client, owns_client=True)
+    try:
+        for url in (f"redis://user:s3cr@t@127.0.0.1:{port}", f"redis://user:s3cr%40t@x:{port}"):
+            mapped = broker._map_error(RedisConnectionError(f"Error connecting to {url}"))
+            assert isinstance(mapped, BrokerUnavailable)
+            assert "s3cr" not in str(mapped) and f"127.0.0.1:{port}" in str(mapped)
+    finally:
+        await broker.close()
+
+
+async def test_calls_after_close_raise_broker_closed(broker: RedisBroker) -> None:
+    await broker.close()
+    with pytest.raises(BrokerClosed, match="closed"):
+        await broker.enqueue(Job("x"))
+    with pytest.raises(BrokerClosed):
+        await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    with pytest.raises(BrokerClosed):
+        await broker.wait_for_work(["default"], 0.1)
+    await broker.close()  # idempotent
+
+
+async def test_a_server_error_is_a_broker_error_with_the_servers_message(
+    broker: RedisBroker,
+) -> None:
+    await broker._client.set(f"{broker._p}queues", b"not a set")
+    with pytest.raises(BrokerError, match="WRONGTYPE") as caught:
+        await broker.stats()
+    assert not isinstance(caught.value, BrokerUnavailable)
 
 
 async def test_prefixes_isolate_stores_and_equal_prefixes_share_one(
@@ -114,7 +155,7 @@ async def test_a_broker_on_a_given_client_leaves_the_client_open(
         await broker.close()
         await broker.close()  # idempotent
         assert await client.ping()
-        with pytest.raises(RuntimeError, match="closed"):
+        with pytest.raises(BrokerClosed, match="closed"):
             await broker.enqueue(Job("x"))
     finally:
         await client.aclose()
@@ -135,13 +176,14 @@ async def test_a_duplicate_id_is_refused_but_an_enqueue_retried_after_a_lost_rep
     other = Job("x")
     with pytest.raises(ValueError, match="already stored"):
         await broker.enqueue_many([other, job])
-    with pytest.raises(ValueError, match="already stored"):
+    with pytest.raises(ValueError, match="same job id twice"):  # the front's check
         await broker.enqueue_many([other, other])
     assert await broker.get(other.id) is None
     # what enqueue does when its connection fails: it tries again, taking stored ids as its own
-    packed = msgspec.json.encode([broker._job_args(other, None, None)])
-    assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
-    assert await broker._run(broker._enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
+    packed = _pack([broker._new_job(other, encode_job(other), None, None)])
+    enqueue = broker._scripts.enqueue
+    assert await broker._run(enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
+    assert await broker._run(enqueue, [packed, 0]) == f'["{other.id}"]'.encode()
     assert (await broker.stats())["default"].queued == 2
 
 
@@ -196,9 +238,9 @@ async def test_a_claim_retried_after_a_lost_reply_returns_the_same_jobs(
 ) -> None:
     # (what claim() does when its connection fails: it retries with the same claim id)
     await broker.enqueue_many([Job("x", {"i": i}) for i in range(5)])
-    args = ["claim-1", 3, 30_000, 3, 1, "default"]
-    first = await broker._run(broker._claim, args)
-    again = await broker._run(broker._claim, args)
+    args = ["claim-1", 3, 30_000, 3, *LEASE_EXPIRED, 1, "default"]
+    first = await broker._run(broker._scripts.claim, args)
+    again = await broker._run(broker._scripts.claim, args)
     assert again == first and first
     assert (await broker.stats())["default"].running == 3
     other = await broker.claim(["default"], 10, lease=30.0, max_retries=3)

@@ -1,0 +1,23 @@
+-- ARGV[3] = lease ms, ARGV[4] = JSON [id, token, id, token, ...]. Returns id, reason pairs for
+-- the leases not held: "cancelled" (same token, state cancelled) or "lost" (the token was
+-- revoked or the record is gone). A lease that its holder's own settle ended (same token,
+-- another state) is not reported: nothing was lost, and its consumer may simply not have
+-- seen the settle's reply yet.
+local deadline = NOW + tonumber(ARGV[3])
+local out = {}
+local leases = cjson.decode(ARGV[4])
+for i = 1, #leases, 2 do
+  local id, token = leases[i], leases[i + 1]
+  local f = redis.call('HMGET', jkey(id), 'state', 'lease', 'queue')
+  if f[2] ~= token then
+    out[#out + 1] = id
+    out[#out + 1] = 'lost'
+  elseif f[1] == 'running' then
+    later('ZADD', 'running', f[3], deadline, id)
+  elseif f[1] == 'cancelled' then
+    out[#out + 1] = id
+    out[#out + 1] = 'cancelled'
+  end
+end
+flush()
+return out

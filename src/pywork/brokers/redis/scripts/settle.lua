@@ -1,0 +1,38 @@
+-- ARGV[3] = JSON [id, token, state, status, error, retry_in ms, id, ...] (flat: no table
+-- per outcome).
+-- Returns a string of "1" (applied) or "0", one per outcome. Idempotent: the lease token
+-- changes whenever a lease is revoked, so a job still holding the token in the outcome's
+-- state was settled by an earlier try of this very call.
+local out = {}
+local o = cjson.decode(ARGV[3])
+for b = 1, #o, 6 do
+  local id, token, state = o[b], o[b + 1], o[b + 2]
+  local status, err, retry = o[b + 3], o[b + 4], o[b + 5]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
+  if f[2] == token and f[1] == state then
+    out[#out + 1] = '1'  -- applied by an earlier call whose reply was lost
+  elseif f[1] ~= 'running' or f[2] ~= token then
+    out[#out + 1] = '0'
+  else
+    local queue = f[3]
+    later('ZREM', 'running', queue, nil, id)
+    if state == 'failed' then
+      local at = NOW + tonumber(retry)
+      local fields = {'HSET', jk, 'state', 'failed', 'run', at}
+      if status ~= '' then fields[#fields + 1] = 'status'; fields[#fields + 1] = status end
+      if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+      redis.call(unpack(fields))
+      if err == '' and f[7] then redis.call('HDEL', jk, 'error') end
+      add_timed(P .. 'failed:' .. queue, queue, at, id)
+    elseif state == 'queued' then
+      redis.call('HSET', jk, 'state', 'queued', 'attempts', math.max(0, (tonumber(f[4]) or 1) - 1))
+      make_ready(id, queue, tonumber(f[5]) or next_seq(1) + 1)
+    else
+      finish(jk, id, queue, state, status, err, 0, {f[6], f[7], false})
+    end
+    out[#out + 1] = '1'
+  end
+end
+flush()
+return table.concat(out)
