@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pywork import cron as cronlib
-from pywork._durations import duration, optional_duration, positive_int
+from pywork._durations import duration, positive_int
 from pywork.brokers.base import (
     Claimed,
     Delivery,
@@ -379,8 +379,8 @@ class BrokerFront(abc.ABC):
                     "an outcome's state must be succeeded, failed, dead or queued, "
                     f"got {outcome.state!r}"
                 )
-            if outcome.retry_in is not None:
-                optional_duration(outcome.retry_in, "retry_in")
+            if outcome.retry_in is not None:  # seconds for the backend (a timedelta too)
+                outcome.retry_in = duration(outcome.retry_in, "retry_in")
         if not outcomes:
             self._check_open()
             return []
