@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/middleware.py
 	$(BIN)/python bench/brokers.py
 	$(BIN)/python bench/schedules.py
+	$(BIN)/python bench/tasks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
