@@ -21,7 +21,7 @@ from pywork.brokers import Broker, Delivery, Outcome, QueueStats
 from pywork.brokers import postgres as pg
 from pywork.brokers.postgres import PostgresBroker
 from pywork.encoding import encode_job
-from pywork.errors import BrokerClosed, BrokerError, BrokerUnavailable
+from pywork.errors import BrokerError, BrokerUnavailable
 from tests.brokers.support import FAST, consuming, record_in
 from tests.servers import PostgresServer, free_port
 
@@ -149,17 +149,6 @@ async def test_a_long_schema_name_still_gets_notifications(
         await asyncio.sleep(0.05)
         await broker.enqueue(Job("x", queue="q"))
         await asyncio.wait_for(waiting, 10.0)
-
-
-async def test_closed_broker_refuses_work_and_close_is_idempotent(broker: PostgresBroker) -> None:
-    await broker.close()
-    await broker.close()
-    with pytest.raises(BrokerClosed, match="closed"):
-        await broker.enqueue(Job("x"))
-    with pytest.raises(BrokerClosed):
-        await broker.claim(["default"], 1, lease=30.0, max_retries=3)
-    with pytest.raises(BrokerClosed):
-        await broker.wait_for_work(["default"], 0.01)
 
 
 async def test_an_unreachable_server_is_broker_unavailable_naming_host_and_port() -> None:

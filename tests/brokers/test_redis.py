@@ -112,17 +112,6 @@ async def test_an_unreachable_server_names_host_and_port_but_never_the_password(
         await broker.close()
 
 
-async def test_calls_after_close_raise_broker_closed(broker: RedisBroker) -> None:
-    await broker.close()
-    with pytest.raises(BrokerClosed, match="closed"):
-        await broker.enqueue(Job("x"))
-    with pytest.raises(BrokerClosed):
-        await broker.claim(["default"], 1, lease=30.0, max_retries=3)
-    with pytest.raises(BrokerClosed):
-        await broker.wait_for_work(["default"], 0.1)
-    await broker.close()  # idempotent
-
-
 async def test_a_server_error_is_a_broker_error_with_the_servers_message(
     broker: RedisBroker,
 ) -> None:

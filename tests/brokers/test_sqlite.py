@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pywork
-from pywork import BrokerClosed, BrokerError, BrokerUnavailable, Job, JobState, Status
+from pywork import BrokerError, BrokerUnavailable, Job, JobState, Status
 from pywork.brokers import Broker
 from pywork.brokers.base import LEASE_EXPIRED
 from pywork.brokers.queries import load_queries, read_resource
@@ -79,22 +79,6 @@ async def test_a_duplicate_id_is_still_a_value_error(tmp_path: Path) -> None:
         await broker.enqueue(Job("x", id="same"))
         with pytest.raises(ValueError, match="already stored"):
             await broker.enqueue(Job("x", id="same"))
-
-
-async def test_calls_after_close_raise_broker_closed(tmp_path: Path) -> None:
-    broker = await pywork.connect(f"sqlite:///{tmp_path / 'jobs.db'}")
-    await broker.close()
-    await broker.close()  # idempotent
-    with pytest.raises(BrokerClosed):
-        await broker.enqueue(Job("x"))
-    with pytest.raises(BrokerClosed):
-        await broker.get("x")
-    with pytest.raises(BrokerClosed):
-        await broker.claim(["default"], 1, lease=5.0, max_retries=0)
-    with pytest.raises(BrokerClosed):
-        await broker.wait_for_work(["default"], 0.01)
-    with pytest.raises(BrokerClosed):
-        await broker.schedules()
 
 
 # ---------------------------------------------------------------------------------------
