@@ -249,9 +249,11 @@ class BrokerFront(abc.ABC):
                 when = None
         elif delay is not None:
             seconds = duration(delay, "delay") or None
-        new = self._new_job(job, encode_for_enqueue(job), when, seconds)
-        ids = await self._do(self._store, [new])
-        return ids[0]
+        payload = encode_for_enqueue(job)
+        new = NewJob(
+            job.id, job.queue, job.handler, job.key, job.max_retries, payload, when, seconds
+        )
+        return (await self._do(self._store, [new]))[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         """Store `jobs`, all or nothing, in one round trip where the backend allows.

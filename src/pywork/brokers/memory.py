@@ -334,30 +334,34 @@ class MemoryBroker(BrokerFront):
 
     # storage primitives -----------------------------------------------------------
     def _add(self, job: NewJob, now: float) -> str:
+        job_id, queue, handler, key, max_retries, payload, at, delay = job
         store = self._memory
-        if job.key is not None:
-            holder = store.keys.get(job.key)
+        if key is not None:
+            holder = store.keys.get(key)
             if holder is not None:
                 return holder
-        entry = _Entry(
-            job.id, job.queue, job.handler, job.payload, job.key, job.max_retries,
-            next(store.seq), now,
-        )  # fmt: skip
-        store.jobs[job.id] = entry
-        store.counts[job.queue][_QUEUED] += 1
-        if job.key is not None:
-            store.keys[job.key] = job.id
-        start = job.at if job.at is not None else (now + job.delay if job.delay else None)
+            store.keys[key] = job_id
+        entry = _Entry(job_id, queue, handler, payload, key, max_retries, next(store.seq), now)
+        store.jobs[job_id] = entry
+        store.counts[queue][_QUEUED] += 1
+        start = at if at is not None else (now + delay if delay else None)
         if start is None or start <= now:
             store.push_ready(entry)
         else:
             store.set_state(entry, _SCHEDULED)
             store.push_timed(entry, start)
-        return job.id
+        return job_id
 
     def _add_all(self, jobs: list[NewJob], now: float) -> list[str]:
         """Store `jobs` (all or nothing: ids are checked first) and wake their queues."""
         store = self._memory
+        if len(jobs) == 1:  # enqueue(): the common case, without the batch's sets
+            job = jobs[0]
+            if job.id in store.jobs:
+                raise duplicate_id(job.id)
+            ids = [self._add(job, now)]
+            store.notify((job.queue,))
+            return ids
         for job in jobs:
             if job.id in store.jobs:
                 raise duplicate_id(job.id)
