@@ -42,10 +42,12 @@ from pywork.job import (
     TRACING_CONTEXT,
     Context,
     Job,
+    Progress,
 )
 from pywork.schedule import Execution, Schedule
 from pywork.status import Status
 from pywork.sync import SyncBroker, connect_sync
+from pywork.task import Task
 from pywork.types import Adapter, Handler
 from pywork.worker import Worker
 
@@ -82,6 +84,7 @@ __all__ = [
     "NoResponse",
     "NotFound",
     "PerformWith",
+    "Progress",
     "PyworkError",
     "QueueStats",
     "Schedule",
@@ -89,6 +92,7 @@ __all__ = [
     "SerializationError",
     "Status",
     "SyncBroker",
+    "Task",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",

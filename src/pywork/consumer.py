@@ -42,7 +42,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pywork._durations import duration, positive_int
 from pywork.brokers.base import Broker, Delivery, JobState, Outcome
-from pywork.errors import JobError
+from pywork.brokers.front import encode_progress
+from pywork.encoding import encode_value
+from pywork.errors import JobError, SerializationError
+from pywork.job import Progress
 from pywork.schedule import Execution, Runner
 from pywork.status import Status
 from pywork.ticker import run_ticker
@@ -78,6 +81,10 @@ ERROR_BACKOFF = (0.05, 2.0)
 TICKER_STOP_TIMEOUT = 5.0
 
 _SUCCESS = (Status.SUCCESS, Status.NO_RESPONSE)
+
+
+#: Statuses that end a run as succeeded (their result is stored).
+_SUCCEEDS = frozenset((Status.SUCCESS, Status.NO_RESPONSE))
 
 
 def prefetch_for(concurrency: int) -> int:
@@ -189,11 +196,12 @@ class Host(Runner, Protocol):
 class _Lease:
     """One job this consumer holds, from claim to settle."""
 
-    __slots__ = ("cancelled", "delivery", "execution", "lost", "settling")
+    __slots__ = ("cancelled", "delivery", "execution", "lost", "progress_sent", "settling")
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.execution: Execution | None = None
+        self.progress_sent: Progress | None = None  # the report the broker has stored
         self.cancelled = False  # broker.cancel: the run is cancelled, nothing is settled
         self.lost = False  # the lease lapsed and the job was taken back: result dropped
         self.settling = False  # its outcome is being settled: no renewal needed
@@ -509,17 +517,27 @@ class Consumer:
             self._logger.info("job %s cancelled through the broker", lease.delivery.id)
             self._drop(lease)
         else:
+            status, error = execution.status, execution.error
+            result = None
+            if execution.result is not None and status in _SUCCEEDS:
+                try:
+                    result = encode_value(execution.result, "result")
+                except SerializationError as exc:  # the result cannot be stored: a failure
+                    status, error = Status.INTERNAL_ERROR, exc
             retries = self.worker.max_retries_for(execution.job.handler)
-            self._post(
-                outcome_for(
-                    lease.delivery,
-                    execution.status,
-                    execution.error,
-                    max_retries=self.max_retries if retries is None else retries,
-                    backoff=self.backoff,
-                    stopping=self._stopping,
-                )
+            outcome = outcome_for(
+                lease.delivery,
+                status,
+                error,
+                max_retries=self.max_retries if retries is None else retries,
+                backoff=self.backoff,
+                stopping=self._stopping,
             )
+            outcome.result = result
+            progress = execution.progress
+            if progress is not None and progress is not lease.progress_sent:
+                outcome.progress = encode_progress(progress)
+            self._post(outcome)
         self._fill()
 
     def _drop(self, lease: _Lease) -> None:
@@ -619,10 +637,19 @@ class Consumer:
             }
             if not leases:
                 continue
+            progress = {}  # the reports made since the last renewal, one per job
+            for job_id, held in leases.items():
+                report = None if held.execution is None else held.execution.progress
+                if report is not None and report is not held.progress_sent:
+                    progress[job_id] = report
             try:
                 reasons = await self.broker.renew(
-                    [lease.delivery for lease in leases.values()], lease=self.lease
+                    [lease.delivery for lease in leases.values()],
+                    lease=self.lease,
+                    progress=progress,
                 )
+                for job_id, report in progress.items():
+                    leases[job_id].progress_sent = report
             except Exception as exc:
                 self._logger.warning(
                     "broker renew failed (%s: %s); retrying in %.2fs",

@@ -21,8 +21,10 @@ __all__ = [
     "check_json",
     "decode_args",
     "decode_job",
+    "decode_value",
     "encode_for_enqueue",
     "encode_job",
+    "encode_value",
 ]
 
 _encoder = msgspec.json.Encoder()
@@ -132,3 +134,24 @@ def decode_args(data: bytes | str) -> dict[str, Any]:
         return {}
     args = fields.get("args") if isinstance(fields, dict) else None
     return args if isinstance(args, dict) else {}
+
+
+def encode_value(value: Any, path: str) -> bytes:
+    """Encode a plain JSON value (a run's result, a progress report) for storage.
+
+    Raises:
+        SerializationError: `value` is not plain JSON; the message names the key path
+            starting at `path` (``result['at']``).
+    """
+    check_json(value, path)
+    return _encoder.encode(value)
+
+
+def decode_value(data: bytes | str | None) -> Any:
+    """The inverse of :func:`encode_value`; None for None or undecodable data."""
+    if data is None:
+        return None
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None

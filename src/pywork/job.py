@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -10,6 +11,7 @@ import time
 from collections.abc import MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pywork._durations import optional_duration
@@ -22,6 +24,7 @@ __all__ = [
     "TRACING_CONTEXT",
     "Context",
     "Job",
+    "Progress",
     "WorkerLike",
     "new_id",
 ]
@@ -136,6 +139,68 @@ class Job:
         return clone
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A running job's latest progress report (``ctx.set_progress``).
+
+    Attributes:
+        current: how far it got (>= 0).
+        total: the end of the scale (> 0, >= current), or None when unknown.
+        message: what it is doing, or None.
+        updated_at: when it was reported (aware UTC).
+    """
+
+    current: float
+    total: float | None
+    message: str | None
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """As a JSON object (``updated_at`` in epoch seconds): how brokers store it."""
+        return {
+            "current": self.current,
+            "total": self.total,
+            "message": self.message,
+            "updated_at": self.updated_at.timestamp(),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Progress | None:
+        """The inverse of :meth:`to_json`; None for anything else (a record still shows)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                data["current"],
+                data.get("total"),
+                data.get("message"),
+                datetime.fromtimestamp(data["updated_at"], UTC),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+
+
+def _check_progress(current: object, total: object, message: object) -> None:
+    for name, value in (("current", current), ("total", total)):
+        if value is None and name == "total":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"progress {name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"progress {name} must be finite, got {value!r}")
+    assert isinstance(current, int | float)
+    if current < 0:
+        raise ValueError(f"progress current must be >= 0, got {current!r}")
+    if total is not None:
+        assert isinstance(total, int | float)
+        if total <= 0:
+            raise ValueError(f"progress total must be > 0 (or None), got {total!r}")
+        if current > total:
+            raise ValueError(f"progress current ({current!r}) must be <= total ({total!r})")
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"progress message must be a str or None, got {message!r}")
+
+
 class WorkerLike(Protocol):
     """The worker as its contexts see it (``ctx.worker``); a :class:`pywork.Worker` at run time.
 
@@ -218,6 +283,7 @@ class Context:
         "deadline",
         "error",
         "job",
+        "progress",
         "result",
         "worker",
         "worker_number",
@@ -238,6 +304,7 @@ class Context:
         self.cancelled = False
         self.error: BaseException | None = None
         self.result: Any = None
+        self.progress: Progress | None = None
         self._status = Status.UNKNOWN
         self._values: dict[str, Any] | None = None
         self._logger: Any = None
@@ -282,6 +349,24 @@ class Context:
     def set_status(self, status: Status | int) -> None:
         """Set the execution's status (a Status or its integer code)."""
         self.status = status
+
+    # progress ---------------------------------------------------------------
+    def set_progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report how far the run got; :attr:`progress` becomes the new :class:`Progress`.
+
+        Callable from async and plain handlers (any thread). On a durable queue the
+        consumer writes the latest report to the job's record with its lease renewals
+        (a few writes a second however often this is called) and once more at the end.
+
+        Raises:
+            TypeError: a value of the wrong type.
+            ValueError: ``current < 0``, ``total <= 0`` or ``current > total``
+                (:attr:`progress` is left unchanged).
+        """
+        _check_progress(current, total, message)
+        self.progress = Progress(current, total, message, datetime.now(UTC))
 
     # time -------------------------------------------------------------------
     def time_left(self) -> float | None:

@@ -117,6 +117,10 @@ class SyncBroker:
         """The record of `job_id`, or None."""
         return self._call(self.broker.get(job_id))
 
+    def wait(self, job_id: str, *, timeout: float | timedelta | None = None) -> JobRecord:
+        """The record of `job_id` once it is finished (see :meth:`pywork.Broker.wait`)."""
+        return self._call(self.broker.wait(job_id, timeout=timeout))
+
     def cancel(self, job_id: str) -> bool:
         """Cancel a live job; True if this call did it."""
         return self._call(self.broker.cancel(job_id))

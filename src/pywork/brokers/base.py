@@ -19,14 +19,14 @@ Lifecycle of a job::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pywork.cron import ScheduleSpec
-from pywork.job import Job
+from pywork.job import Job, Progress
 from pywork.status import Status
 
 __all__ = [
@@ -82,6 +82,8 @@ class JobRecord:
     finished_at: datetime | None
     key: str | None = None
     run_at: datetime | None = None  # when a scheduled or failed job becomes ready
+    result: Any = None  # what the handler of a succeeded job returned (decoded JSON)
+    progress: Progress | None = None  # the latest ctx.set_progress report
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,8 @@ class Outcome:
     """How a delivery ended, for :meth:`Broker.settle`.
 
     `state` is SUCCEEDED, FAILED (retry after `retry_in` seconds), DEAD, or QUEUED
-    (released untouched at shutdown: the attempt is not counted).
+    (released untouched at shutdown: the attempt is not counted). `result` (SUCCEEDED
+    only) and `progress` are stored with the record when given.
     """
 
     delivery: Delivery
@@ -129,6 +132,8 @@ class Outcome:
     status: Status | None = None
     error: str | None = None
     retry_in: float | None = None
+    result: bytes | None = None  # the encoded result of a succeeded run
+    progress: bytes | None = None  # the encoded latest progress, when not yet stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,8 @@ class StoredJob(NamedTuple):
     finished_at: float | None
     key: str | None
     run_at: float | None
+    result: bytes | str | None = None  # encoded JSON
+    progress: bytes | str | None = None  # encoded JSON (Progress.to_json)
 
 
 class StoredSchedule(NamedTuple):
@@ -305,6 +312,16 @@ class Broker(ScheduleStore, Protocol):
         """The record of `job_id`, or None."""
         ...
 
+    async def wait(self, job_id: str, *, timeout: float | timedelta | None = None) -> JobRecord:
+        """The record of `job_id` once it is finished (succeeded, dead or cancelled),
+        within a second of it finishing.
+
+        Raises:
+            KeyError: unknown id (at once).
+            TimeoutError: not finished after `timeout` seconds (the job is not affected).
+        """
+        ...
+
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued, scheduled, failed or running job; True if this call did it."""
         ...
@@ -348,10 +365,17 @@ class Broker(ScheduleStore, Protocol):
         `timeout` seconds, whichever is first. Never busy-polls."""
         ...
 
-    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
-        """Extend the leases still held; return ``{id: reason}`` for the others, where
-        reason is ``"cancelled"`` (broker.cancel was called: stop the run) or ``"lost"``
-        (the lease expired and the job was taken back: the run's result will be dropped)."""
+    async def renew(
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        lease: float,
+        progress: Mapping[str, Progress] | None = None,
+    ) -> dict[str, str]:
+        """Extend the leases still held, storing `progress` (by job id) with them; return
+        ``{id: reason}`` for the others, where reason is ``"cancelled"`` (broker.cancel
+        was called: stop the run) or ``"lost"`` (the lease expired and the job was taken
+        back: the run's result will be dropped)."""
         ...
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:

@@ -18,14 +18,15 @@ implementation) and a durable one cannot drift apart in what they accept or retu
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pywork import cron as cronlib
-from pywork._durations import duration, positive_int
+from pywork._durations import duration, optional_duration, positive_int
 from pywork.brokers.base import (
     Claimed,
     Delivery,
@@ -39,12 +40,27 @@ from pywork.brokers.base import (
     StoredSchedule,
 )
 from pywork.cron import ScheduleSpec, check_schedule_name, declare, to_micros
-from pywork.encoding import DecodeError, decode_args, decode_job, encode_for_enqueue, encode_job
+from pywork.encoding import (
+    DecodeError,
+    decode_args,
+    decode_job,
+    decode_value,
+    encode_for_enqueue,
+    encode_job,
+    encode_value,
+)
 from pywork.errors import BrokerClosed, BrokerError, PyworkError
-from pywork.job import Job
+from pywork.job import Job, Progress
 from pywork.status import Status
 
-__all__ = ["MAX_LIMIT", "BrokerFront", "check_queues", "duplicate_id", "mask_url"]
+__all__ = [
+    "MAX_LIMIT",
+    "BrokerFront",
+    "check_queues",
+    "duplicate_id",
+    "encode_progress",
+    "mask_url",
+]
 
 T = TypeVar("T")
 
@@ -52,6 +68,7 @@ T = TypeVar("T")
 MAX_LIMIT = 1000
 
 _TIMED = frozenset((JobState.SCHEDULED, JobState.FAILED))
+_FINAL = frozenset((JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED))
 _SETTLE_STATES = frozenset((JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.QUEUED))
 _STATES = {state.value: state for state in JobState}
 
@@ -99,6 +116,11 @@ def _check_queue(queue: object) -> None:
         raise TypeError(f"queue must be None (every queue) or a queue name, got {queue!r}")
     if not queue:
         raise ValueError("queue must be None (every queue) or a non-empty queue name, got ''")
+
+
+def encode_progress(report: Progress) -> bytes:
+    """A progress report as stored with a job's record."""
+    return encode_value(report.to_json(), "progress")
 
 
 def _time(value: float | None) -> datetime | None:
@@ -181,6 +203,10 @@ class BrokerFront(abc.ABC):
             finished_at=_time(stored.finished_at),
             key=stored.key,
             run_at=_time(run_at),
+            result=decode_value(stored.result),
+            progress=None
+            if stored.progress is None
+            else Progress.from_json(decode_value(stored.progress)),
         )
 
     @staticmethod
@@ -284,6 +310,33 @@ class BrokerFront(abc.ABC):
         stored = await self._do(self._get, job_id)
         return None if stored is None else self._record(stored, time.time())
 
+    async def wait(self, job_id: str, *, timeout: float | timedelta | None = None) -> JobRecord:
+        """The record of `job_id` once it is finished (succeeded, dead or cancelled),
+        within a second of it finishing (backends with notifications wake at once).
+
+        Raises:
+            KeyError: `job_id` is unknown (at once), or its record is gone (a finished job
+                whose record was not kept: ``retention=0``).
+            TimeoutError: not finished after `timeout` seconds; the job is not affected.
+        """
+        _check_id(job_id)
+        seconds = optional_duration(timeout, "timeout")
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            record = await self.get(job_id)
+            if record is None:
+                raise KeyError(f"no job {job_id!r} in {self!r}")
+            if record.state in _FINAL:
+                return record
+            slice_ = 1.0
+            if deadline is not None:
+                slice_ = min(slice_, deadline - time.monotonic())
+                if slice_ <= 0:
+                    raise TimeoutError(
+                        f"job {job_id!r} is still {record.state.value} after {seconds:g}s"
+                    )
+            await self._do(self._wait_for_finish, job_id, slice_)
+
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued, scheduled, failed or running job; True if this call did it.
 
@@ -355,8 +408,15 @@ class BrokerFront(abc.ABC):
         seconds = duration(timeout, "timeout")
         await self._do(self._wait_for_work, names, seconds)
 
-    async def renew(self, deliveries: Sequence[Delivery], *, lease: float) -> dict[str, str]:
-        """Extend the leases still held; ``{id: "cancelled" | "lost"}`` for the others.
+    async def renew(
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        lease: float,
+        progress: Mapping[str, Progress] | None = None,
+    ) -> dict[str, str]:
+        """Extend the leases still held, storing the `progress` reports (by job id) of
+        those jobs; ``{id: "cancelled" | "lost"}`` for the others.
 
         "cancelled": ``broker.cancel`` was called (stop the run); "lost": the lease
         expired and the job was taken back (the run's outcome will be dropped).
@@ -365,7 +425,12 @@ class BrokerFront(abc.ABC):
         if not deliveries:
             self._check_open()
             return {}
-        return await self._do(self._renew, deliveries, lease)
+        encoded = (
+            {job_id: encode_progress(report) for job_id, report in progress.items()}
+            if progress
+            else {}
+        )
+        return await self._do(self._renew, deliveries, lease, encoded)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Apply outcomes, each fenced by its lease token; per outcome, whether it was
@@ -521,12 +586,22 @@ class BrokerFront(abc.ABC):
         """Sleep until work may be ready in `queues` or `timeout` passes (no busy poll)."""
 
     @abc.abstractmethod
-    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
-        """Extend the leases still held by these tokens; reasons for the others."""
+    async def _renew(
+        self, deliveries: Sequence[Delivery], lease: float, progress: Mapping[str, bytes]
+    ) -> dict[str, str]:
+        """Extend the leases still held by these tokens, storing the encoded `progress`
+        of those jobs (only where the lease is held); reasons for the others."""
+
+    async def _wait_for_finish(self, job_id: str, timeout: float) -> None:
+        """Sleep until `job_id` may have finished, or `timeout` seconds. Backends with
+        notifications wake at once; this default looks again four times a second."""
+        await asyncio.sleep(min(timeout, 0.25))
 
     @abc.abstractmethod
     async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Apply the (validated) outcomes fenced by their tokens; per outcome, applied?"""
+        """Apply the (validated) outcomes fenced by their tokens, storing each one's
+        `result` (succeeded) and `progress` when given; per outcome, applied? Wakes
+        :meth:`_wait_for_finish` of jobs that finished."""
 
     @abc.abstractmethod
     async def _declare_schedule(

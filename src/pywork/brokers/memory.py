@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -95,7 +95,9 @@ class _Entry:
         "key",
         "max_retries",
         "payload",
+        "progress",
         "queue",
+        "result",
         "run_at",
         "seq",
         "started_at",
@@ -132,6 +134,8 @@ class _Entry:
         self.finished_at: float | None = None
         self.run_at: float | None = None  # due time, lease expiry, or purge time
         self.token: str | None = None
+        self.result: bytes | None = None
+        self.progress: bytes | None = None
 
 
 class _Waiter:
@@ -379,7 +383,7 @@ class MemoryBroker(BrokerFront):
             entry.id, entry.handler, entry.queue, entry.payload, entry.state.value,
             None if entry.status is None else int(entry.status), entry.attempts, entry.error,
             entry.enqueued_at, entry.started_at, entry.finished_at, entry.key,
-            entry.run_at if entry.state in _TIMED else None,
+            entry.run_at if entry.state in _TIMED else None, entry.result, entry.progress,
         )  # fmt: skip
 
     async def _get(self, job_id: str) -> StoredJob | None:
@@ -441,7 +445,7 @@ class MemoryBroker(BrokerFront):
                     store.keys[entry.key] = entry.id
             store.set_state(entry, _QUEUED)
             entry.attempts = 0
-            entry.status = entry.error = None
+            entry.status = entry.error = entry.result = entry.progress = None
             entry.started_at = entry.finished_at = entry.run_at = None
             store.push_ready(entry)
             store.notify((entry.queue,))
@@ -510,7 +514,9 @@ class MemoryBroker(BrokerFront):
                 if waiter in store.work_waiters:
                     store.work_waiters.remove(waiter)
 
-    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+    async def _renew(
+        self, deliveries: Sequence[Delivery], lease: float, progress: Mapping[str, bytes]
+    ) -> dict[str, str]:
         store = self._memory
         now = time.time()
         lost: dict[str, str] = {}
@@ -521,6 +527,8 @@ class MemoryBroker(BrokerFront):
                     if entry.state is _RUNNING:
                         entry.gen += 1
                         store.push_timed(entry, now + lease)
+                        if delivery.id in progress:
+                            entry.progress = progress[delivery.id]
                         continue
                     if entry.state is _CANCELLED:
                         lost[delivery.id] = "cancelled"
@@ -541,9 +549,12 @@ class MemoryBroker(BrokerFront):
                     applied.append(False)
                     continue
                 entry.token = None
+                if outcome.progress is not None:
+                    entry.progress = outcome.progress
                 state = outcome.state
                 if state is _SUCCEEDED:
                     entry.status, entry.error = outcome.status, None
+                    entry.result = outcome.result
                     store.finish(entry, _SUCCEEDED, now, self.retention)
                 elif state is _FAILED:
                     entry.status, entry.error = outcome.status, outcome.error
@@ -564,6 +575,18 @@ class MemoryBroker(BrokerFront):
                 applied.append(True)
             store.notify(list(queues))
         return applied
+
+    async def _wait_for_finish(self, job_id: str, timeout: float) -> None:
+        store = self._memory
+        with store.lock:
+            waiter = _Waiter(None)  # woken by any change of the store
+            store.change_waiters.append(waiter)
+        try:
+            await asyncio.wait([waiter.future], timeout=timeout)
+        finally:
+            with store.lock:
+                if waiter in store.change_waiters:
+                    store.change_waiters.remove(waiter)
 
     async def _declare_schedule(
         self, name: str, payload: bytes, spec: ScheduleSpec, first_run: int
