@@ -55,6 +55,8 @@ BAD_CALLS: list[tuple[str, Call, type[Exception]]] = [
         SerializationError,
     ),
     ("get an int", lambda b: b.get(42), TypeError),  # type: ignore[arg-type]
+    ("wait an int", lambda b: b.wait(42), TypeError),  # type: ignore[arg-type]
+    ("wait a negative timeout", lambda b: b.wait("x", timeout=-1), ValueError),
     ("cancel None", lambda b: b.cancel(None), TypeError),  # type: ignore[arg-type]
     ("retry_dead bytes", lambda b: b.retry_dead(b"id"), TypeError),  # type: ignore[arg-type]
     ("dead_letters limit 0", lambda b: b.dead_letters(limit=0), ValueError),
@@ -142,6 +144,7 @@ async def test_a_closed_broker_refuses_every_call(broker: Broker) -> None:
         lambda b: b.enqueue_many([Job("x")]),
         lambda b: b.enqueue_many([]),
         lambda b: b.get(job_id),
+        lambda b: b.wait(job_id, timeout=1),
         lambda b: b.cancel(job_id),
         lambda b: b.stats(),
         lambda b: b.dead_letters(),
@@ -159,3 +162,12 @@ async def test_a_closed_broker_refuses_every_call(broker: Broker) -> None:
     for call in calls:
         with pytest.raises(BrokerClosed, match="closed"):
             await call(broker)
+
+
+async def test_connection_is_refused_unless_it_is_an_asyncpg_connection(broker: Broker) -> None:
+    # only PostgreSQL takes connection= (tests/brokers/test_postgres.py), and only asyncpg's
+    with pytest.raises(TypeError, match="connection"):
+        await broker.enqueue(Job("x"), connection=object())
+    with pytest.raises(TypeError, match="connection"):
+        await broker.enqueue_many([Job("x")], connection=object())
+    assert await broker.stats() == {}

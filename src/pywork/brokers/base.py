@@ -299,12 +299,20 @@ class Broker(ScheduleStore, Protocol):
 
     # producer side (contract §7) ------------------------------------------------
     async def enqueue(
-        self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
+        self,
+        job: Job,
+        *,
+        at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        connection: Any = None,
     ) -> str:
-        """Store `job` (durable once this returns) and return its id (see the contract)."""
+        """Store `job` (durable once this returns) and return its id (see the contract).
+
+        `connection` (PostgreSQL only, else TypeError): store it through the caller's
+        asyncpg connection, inside its transaction."""
         ...
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+    async def enqueue_many(self, jobs: Sequence[Job], *, connection: Any = None) -> list[str]:
         """Store `jobs` in one round trip where the backend allows; all or nothing."""
         ...
 

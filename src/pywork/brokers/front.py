@@ -244,7 +244,12 @@ class BrokerFront(abc.ABC):
 
     # producer side (contract §7) -----------------------------------------------------
     async def enqueue(
-        self, job: Job, *, at: datetime | None = None, delay: float | timedelta | None = None
+        self,
+        job: Job,
+        *,
+        at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        connection: Any = None,
     ) -> str:
         """Store `job` (durable once this returns) and return its id.
 
@@ -256,9 +261,13 @@ class BrokerFront(abc.ABC):
             at: run it at this time (naive = local time, as ``perform_at``; a past time
                 means at once). Exclusive with `delay`.
             delay: run it after this many seconds (or a timedelta).
+            connection: PostgreSQL only: the caller's asyncpg connection; the job is
+                stored through it, inside its transaction (it exists if and only if
+                that commits, and consumers are woken after the commit).
 
         Raises:
-            TypeError: `job` is not a Job, `at` not a datetime, `delay` not a duration.
+            TypeError: `job` is not a Job, `at` not a datetime, `delay` not a duration,
+                or `connection` given to a broker that is not PostgreSQL.
             ValueError: both `at` and `delay`, a negative delay, or a duplicate job id.
             SerializationError: args or headers cannot be encoded (nothing is stored).
             BrokerClosed, BrokerUnavailable: the broker is closed or cannot be reached.
@@ -279,12 +288,14 @@ class BrokerFront(abc.ABC):
         new = NewJob(
             job.id, job.queue, job.handler, job.key, job.max_retries, payload, when, seconds
         )
+        if connection is not None:
+            return (await self._do(self._store_on, connection, [new]))[0]
         return (await self._do(self._store, [new]))[0]
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+    async def enqueue_many(self, jobs: Sequence[Job], *, connection: Any = None) -> list[str]:
         """Store `jobs`, all or nothing, in one round trip where the backend allows.
 
-        Every job is encoded before any is stored.
+        Every job is encoded before any is stored. `connection`: as for :meth:`enqueue`.
 
         Returns:
             Per job, its id (or the id of the live job already holding its key).
@@ -302,6 +313,8 @@ class BrokerFront(abc.ABC):
         if not news:
             self._check_open()
             return []
+        if connection is not None:
+            return await self._do(self._store_on, connection, news)
         return await self._do(self._store, news)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -545,6 +558,14 @@ class BrokerFront(abc.ABC):
         scheduled, running or failed) holding its key, in which case it is not stored.
         A job id already stored raises :func:`duplicate_id` and stores nothing. Wakes
         consumers of the queues of jobs ready now."""
+
+    async def _store_on(self, connection: Any, jobs: list[NewJob]) -> list[str]:
+        """:meth:`_store` through the caller's `connection`, inside its transaction
+        (transactional enqueue). Only PostgreSQL has it."""
+        raise TypeError(
+            f"{type(self).__name__} takes no connection=: transactional enqueue stores jobs "
+            "through an asyncpg connection of a postgresql:// broker"
+        )
 
     @abc.abstractmethod
     async def _get(self, job_id: str) -> StoredJob | None:
