@@ -17,6 +17,7 @@ from pywork.job import Job
 from pywork.tracing import inject
 
 __all__ = [
+    "MAX_DEPTH",
     "DecodeError",
     "check_json",
     "decode_args",
@@ -36,30 +37,62 @@ class DecodeError(ValueError):
     """A stored message is not a valid job (it is dead-lettered with BAD_REQUEST)."""
 
 
-def check_json(value: Any, path: str = "args") -> None:
-    """Raise SerializationError, naming the key path, unless `value` is plain JSON."""
+#: How deeply args, headers and results may nest: deeper data is refused at enqueue, since
+#: a consumer's decoder could not read it back (it would be dead-lettered, or worse).
+MAX_DEPTH = 200
+
+
+class _Invalid(Exception):
+    """Raised inside :func:`check_json`'s walk; the key path is collected on the way out."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.parts: list[str] = []
+
+
+def _walk(value: Any, depth: int) -> None:
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise SerializationError(f"{path} is {value!r}: JSON has no NaN or infinity")
+            raise _Invalid(f"is {value!r}: JSON has no NaN or infinity")
         return
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise _Invalid(f"nests deeper than {MAX_DEPTH} levels, more than a decoder reads back")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SerializationError(
-                    f"{path} has a key {key!r} of type {type(key).__name__}: JSON keys are str"
-                )
-            check_json(item, f"{path}[{key!r}]")
+                raise _Invalid(f"has a key {key!r} of type {type(key).__name__}: JSON keys are str")
+            if not isinstance(item, _SCALARS):
+                try:
+                    _walk(item, depth + 1)
+                except _Invalid as exc:
+                    exc.parts.append(f"[{key!r}]")
+                    raise
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            check_json(item, f"{path}[{index}]")
+            if not isinstance(item, _SCALARS):
+                try:
+                    _walk(item, depth + 1)
+                except _Invalid as exc:
+                    exc.parts.append(f"[{index}]")
+                    raise
         return
-    raise SerializationError(
-        f"{path} is a {type(value).__name__} ({value!r:.60}), which a durable queue cannot "
+    raise _Invalid(
+        f"is a {type(value).__name__} ({value!r:.60}), which a durable queue cannot "
         "encode; use dict (str keys), list, str, int, float, bool or None"
     )
+
+
+def check_json(value: Any, path: str = "args") -> None:
+    """Raise SerializationError, naming the key path, unless `value` is plain JSON
+    (at most :data:`MAX_DEPTH` levels deep)."""
+    try:
+        _walk(value, 0)
+    except _Invalid as exc:
+        where = path + "".join(reversed(exc.parts))
+        raise SerializationError(f"{where} {exc.reason}") from None
 
 
 def encode_job(job: Job) -> bytes:

@@ -51,24 +51,24 @@ def aware_now() -> datetime:
 GARBAGE = b"\x00{not a job"
 
 
-async def corrupt(broker: Broker, backend: str, job_id: str) -> None:
-    """Overwrite the stored message of `job_id` with bytes that are not a job."""
+async def corrupt(broker: Broker, backend: str, job_id: str, payload: bytes = GARBAGE) -> None:
+    """Overwrite the stored message of `job_id` with `payload` (bytes that are not a job)."""
     if backend == "memory":
         assert isinstance(broker, MemoryBroker)
-        broker._memory.jobs[job_id].payload = GARBAGE
+        broker._memory.jobs[job_id].payload = payload
     elif backend == "sqlite":
         path = urlsplit(broker.url).path[1:]
         with sqlite3.connect(path) as db:
-            db.execute("UPDATE pywork_jobs SET payload = ? WHERE id = ?", (GARBAGE, job_id))
+            db.execute("UPDATE pywork_jobs SET payload = ? WHERE id = ?", (payload, job_id))
         db.close()
     elif backend == "redis":  # a hash per job: {prefix}:job:<id>
         key = f"{broker._p}job:{job_id}"  # type: ignore[attr-defined]
-        await broker._client.hset(key, "payload", GARBAGE)  # type: ignore[attr-defined]
+        await broker._client.hset(key, "payload", payload)  # type: ignore[attr-defined]
     elif backend == "postgres":
         async with broker._pool.acquire() as conn:  # type: ignore[attr-defined]
             await conn.execute(
                 f"UPDATE {broker._schema}.jobs SET payload = $1 WHERE id = $2",  # type: ignore[attr-defined]
-                GARBAGE,
+                payload,
                 job_id,
             )
     else:
@@ -495,6 +495,43 @@ async def test_undecodable_message_is_dead_and_the_consumer_goes_on(
         assert record.error
         good = await broker.enqueue(Job("x"))
         assert (await record_in(broker, good)).state == JobState.SUCCEEDED
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+async def test_a_message_nested_too_deep_is_dead_and_its_batch_runs(
+    broker: Broker, backend: str
+) -> None:
+    worker = Worker()
+    worker.register("x", lambda job: None)
+    ids = await broker.enqueue_many([Job("x") for _ in range(60)])
+    deep = ids[30]
+    payload = b'{"id":"' + deep.encode() + b'","handler":"x","args":{"a":' + _nested(10_000)
+    await corrupt(broker, backend, deep, payload + b"}}")
+    assert (await broker.get(deep)) is not None  # a record still reads, args shown empty
+    async with consuming(worker, broker):
+        for job_id in ids:
+            record = await record_in(broker, job_id)
+            expected = JobState.DEAD if job_id == deep else JobState.SUCCEEDED
+            assert record.state is expected, (job_id == deep, record)
+    (dead,) = await broker.dead_letters()
+    assert (dead.id, dead.status, dead.args) == (deep, Status.BAD_REQUEST, {})
+    assert dead.error is not None and "RecursionError" in dead.error
+
+
+async def test_args_nested_too_deep_are_refused_at_enqueue(broker: Broker) -> None:
+    args: dict[str, object] = {"leaf": 1}
+    for _ in range(1000):
+        args = {"a": args}
+    with pytest.raises(SerializationError, match=r"args\['a'\]\['a'\].*deeper than 200"):
+        await broker.enqueue(Job("x", args))
+    fine: dict[str, object] = {"leaf": 1}
+    for _ in range(150):
+        fine = {"a": fine}
+    assert await broker.enqueue(Job("x", fine))
+    assert (await broker.stats())["default"].queued == 1
 
 
 async def test_delayed_job_runs_when_due_without_busy_polling(broker: Broker) -> None:
