@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Iterable, Sequence
 
 from pywork.channel import Channel
+from pywork.job import MAX_NAME_LENGTH
 
 __all__ = ["check_adapters", "check_handler_name", "check_source"]
 
 
 def check_handler_name(name: object) -> None:
-    """Raise TypeError/ValueError unless `name` is a non-empty str."""
+    """Raise TypeError/ValueError unless `name` is a non-empty str of at most
+    :data:`~pywork.job.MAX_NAME_LENGTH` characters."""
     if not isinstance(name, str):
         raise TypeError(f"handler name must be a str, got {name!r}")
-    if not name:
-        raise ValueError("handler name must be a non-empty str")
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"handler name must be a non-empty str of at most {MAX_NAME_LENGTH} characters, "
+            f"got {name!r:.80}"
+        )
 
 
 def check_adapters(adapters: Sequence[object]) -> None:

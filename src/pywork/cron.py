@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pywork._durations import duration, optional_duration
 from pywork.encoding import encode_job
-from pywork.job import Job
+from pywork.job import MAX_NAME_LENGTH, Job
 
 __all__ = [
     "MAX_CATCH_UP",
@@ -201,16 +201,21 @@ class ScheduleSpec:
 
 
 def check_schedule_name(name: object) -> str:
-    """Return `name` if it is a valid schedule name (a non-empty str).
+    """Return `name` if it is a valid schedule name (a non-empty str of at most
+    :data:`~pywork.job.MAX_NAME_LENGTH` characters: it is part of every tick's job key).
 
     Raises:
         TypeError: not a str.
-        ValueError: empty.
+        ValueError: empty or too long.
     """
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a str, got {name!r}")
     if not name:
         raise ValueError("schedule name must be a non-empty str")
+    if len(name) > MAX_NAME_LENGTH - 40:  # room for the tick in f"{name}@{tick}"
+        raise ValueError(
+            f"schedule names are at most {MAX_NAME_LENGTH - 40} characters, got {len(name)}"
+        )
     return name
 
 

@@ -19,6 +19,7 @@ from pywork.status import Status
 
 __all__ = [
     "AGGREGATE_LOGGER",
+    "MAX_NAME_LENGTH",
     "REQUEST_SIZE",
     "RESPONSE_SIZE",
     "TRACING_CONTEXT",
@@ -28,6 +29,10 @@ __all__ = [
     "WorkerLike",
     "new_id",
 ]
+
+#: The longest handler name, queue name and unique key a Job takes (they are logged with
+#: every attempt and indexed by every broker).
+MAX_NAME_LENGTH = 255
 
 #: Context key of the aggregate logger set by ``with_aggregate_logger``.
 AGGREGATE_LOGGER = "aggregateLogger"
@@ -104,15 +109,29 @@ class Job:
             raise ValueError("Job handler must be a non-empty str naming a registered handler")
         if not isinstance(self.args, dict):
             raise TypeError(f"Job args must be a dict, got {type(self.args).__name__}")
-        if queue != "default" and (not isinstance(queue, str) or not queue):
-            raise ValueError(f"Job queue must be a non-empty str, got {queue!r}")
+        if len(handler) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"Job handler names are at most {MAX_NAME_LENGTH} characters, got {len(handler)}"
+            )
+        if queue != "default" and (
+            not isinstance(queue, str) or not queue or len(queue) > MAX_NAME_LENGTH
+        ):
+            raise ValueError(
+                f"Job queue must be a non-empty str of at most {MAX_NAME_LENGTH} characters, "
+                f"got {queue!r:.80}"
+            )
         if self.timeout is not None:
             timeout: object = self.timeout
             self.timeout = optional_duration(timeout, "Job timeout", allow_zero=False)
         if type(self.id) is not str or not self.id:
             raise ValueError(f"Job id must be a non-empty str, got {self.id!r}")
-        if self.key is not None and (not isinstance(self.key, str) or not self.key):
-            raise ValueError(f"Job key must be None or a non-empty str, got {self.key!r}")
+        if self.key is not None and (
+            not isinstance(self.key, str) or not self.key or len(self.key) > MAX_NAME_LENGTH
+        ):
+            raise ValueError(
+                f"Job key must be None or a non-empty str of at most {MAX_NAME_LENGTH} "
+                f"characters, got {self.key!r:.80}"
+            )
         retries: object = self.max_retries
         if retries is not None and (
             isinstance(retries, bool) or not isinstance(retries, int) or retries < 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,7 @@ from pywork.job import Job, Progress
 from pywork.status import Status
 
 __all__ = [
+    "MAX_ERROR_LENGTH",
     "MAX_LIMIT",
     "BrokerFront",
     "check_queues",
@@ -66,18 +68,26 @@ T = TypeVar("T")
 
 #: The largest page a listing call (``dead_letters``) returns.
 MAX_LIMIT = 1000
+#: Stored error texts are cut to this many characters (a handler may raise a huge message).
+MAX_ERROR_LENGTH = 4000
 
 _TIMED = frozenset((JobState.SCHEDULED, JobState.FAILED))
 _FINAL = frozenset((JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED))
 _SETTLE_STATES = frozenset((JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.QUEUED))
 _STATES = {state.value: state for state in JobState}
+_STATUSES: dict[object, Status] = {int(status): status for status in Status}
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pass|pwd)=)[^&#]*")
 
 
 def mask_url(url: str) -> str:
-    """Return `url` with its password replaced by ``***`` (for logs, banners and errors)."""
-    parts = urlsplit(url)
+    """Return `url` with its password, in ``user:password@`` or a ``password=`` query
+    parameter, replaced by ``***`` (for logs, banners and errors)."""
+    masked = _SECRET_QUERY.sub(r"\1***", url)
+    parts = urlsplit(masked)
     if parts.password is None:
-        return url
+        return masked
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
 
@@ -181,23 +191,29 @@ class BrokerFront(abc.ABC):
 
     @staticmethod
     def _record(stored: StoredJob, now: float) -> JobRecord:
-        state = _STATES[stored.state]
+        state: JobState | str | None = _STATES.get(stored.state)
+        error = stored.error
+        if state is None:  # a record written by something else: shown, never fatal
+            state = str(stored.state)
+            error = f"{error or ''} [bad stored record: unknown state {stored.state!r}]".lstrip()
         run_at = stored.run_at
         if state in _TIMED:
             if run_at is not None and run_at <= now:
                 state, run_at = JobState.QUEUED, None  # due: ready for the next claim
         else:
             run_at = None
-        status = stored.status
+        status = None if stored.status is None else _STATUSES.get(stored.status)
+        if status is None and stored.status is not None:
+            error = f"{error or ''} [bad stored record: unknown status {stored.status!r}]".lstrip()
         return JobRecord(
             id=stored.id,
             handler=stored.handler,
             queue=stored.queue,
             args=decode_args(stored.payload),
-            state=state,
-            status=None if status is None else Status(status),
+            state=state,  # type: ignore[arg-type]  # a str only for a bad stored record
+            status=status,
             attempts=stored.attempts,
-            error=stored.error,
+            error=error,
             enqueued_at=datetime.fromtimestamp(stored.enqueued_at, UTC),
             started_at=_time(stored.started_at),
             finished_at=_time(stored.finished_at),
@@ -461,6 +477,10 @@ class BrokerFront(abc.ABC):
                 )
             if outcome.retry_in is not None:  # seconds for the backend (a timedelta too)
                 outcome.retry_in = duration(outcome.retry_in, "retry_in")
+            error = outcome.error
+            if error is not None and len(error) > MAX_ERROR_LENGTH:
+                cut = len(error) - MAX_ERROR_LENGTH
+                outcome.error = f"{error[:MAX_ERROR_LENGTH]}… ({cut} more characters cut)"
         if not outcomes:
             self._check_open()
             return []
