@@ -207,12 +207,13 @@ class PulsarLiteServer:
             'log_level = "warn"\n'
             "[metrics]\nenabled = false\n"
         )
-        self.proc = subprocess.Popen(
-            [str(self.binary), "--config", str(config)],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "log").open("ab"),
-        )
+        with (self.dir / "log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "--config", str(config)],
+                cwd=self.dir,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -289,16 +290,12 @@ class SeaweedServer:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-filer.localSocket={self.dir / 'filer.sock'}",
             f"-s3.localSocket={self.dir / 's3.sock'}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
         ]  # fmt: skip
         for name, port in self.ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={self.grpc[name]}"]
-        self.proc = subprocess.Popen(
-            args,
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "log").open("ab"),
-        )
+        with (self.dir / "log").open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -329,12 +326,9 @@ class SeaweedServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            # its graceful stop takes 15 s; the data is thrown away with the temp dir
+            self.proc.kill()
+            self.proc.wait(10)
             self.proc = None
 
     def close(self) -> None:

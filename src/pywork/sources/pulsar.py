@@ -194,6 +194,12 @@ class PulsarSource:
         self._nacking: set[asyncio.Task[None]] = set()  # delayed nacks being sent
         self._closed = False
 
+    @property
+    def client(self) -> Any:
+        """The ``pulsar.asyncio.Client`` shared by this process's PulsarSources of
+        `service_url`, or None before the first message and after :meth:`close`."""
+        return self._client
+
     # iteration ------------------------------------------------------------------
     def __aiter__(self) -> PulsarSource:
         return self

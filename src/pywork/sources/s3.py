@@ -8,7 +8,7 @@ claimed by one of them at a time with a **claim marker**, a small object at
   one consumer creates it. The marker holds ``{"owner", "attempt", "hold"}``;
 - **lease**: a marker is valid for ``hold`` seconds after its ``Last-Modified``, judged
   on the server's clock (the ``Date`` of the response), so consumers' clocks need not
-  agree. The holder renews it every ``lease / 3`` s by rewriting it with
+  agree; a held claim gets :data:`CLOCK_RESOLUTION` more, as S3 times are whole seconds. The holder renews it every ``lease / 3`` s by rewriting it with
   ``If-Match: <its ETag>``; a consumer that died stops renewing and, once the marker
   expired, another takes it over with ``If-Match: <the stale ETag>`` (atomic too) and
   ``attempt + 1``;
@@ -66,6 +66,9 @@ REASON = "reason"
 PAGE_SIZE = 1000
 #: The share of the lease after which a settle checks the claim is still held.
 SAFE_SHARE = 0.8
+#: Seconds added to a held claim's lease before another consumer may take it over:
+#: ``Last-Modified`` and ``Date`` have one-second resolution.
+CLOCK_RESOLUTION = 1.0
 
 _logger = logging.getLogger("pywork.sources.s3")
 _decoder = msgspec.json.Decoder()
@@ -417,9 +420,11 @@ class S3Source:
             raise
         try:
             state = json.loads(raw)
-            attempt, hold = int(state["attempt"]), float(state["hold"])
+            attempt, hold, owner = int(state["attempt"]), float(state["hold"]), state["owner"]
         except (ValueError, KeyError, TypeError):
-            attempt, hold = 1, self.lease
+            attempt, hold, owner = 1, self.lease, "?"
+        if owner:  # held by a consumer: allow for S3's one-second time resolution
+            hold += CLOCK_RESOLUTION
         left = hold - _server_age(got)
         if left > 0:
             self._skip[key] = time.monotonic() + left
