@@ -10,6 +10,7 @@ waits forever: the test kills the process with SIGKILL while the messages are ta
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from pywork import Job, Worker
@@ -27,17 +28,18 @@ def make_source(kind: str, where: str, what: str) -> Source:
     return S3Source(bucket, prefix, endpoint_url=where, lease=1.0, prefetch=1, poll_interval=0.05)
 
 
-async def main(kind: str, where: str, what: str, side_file: str) -> None:
+async def main(kind: str, where: str, what: str, side: int) -> None:
     worker = Worker()
 
     @worker.handler("hang")
     async def hang(job: Job) -> None:
-        with open(side_file, "a") as side:
-            side.write(f"{job.args['received_data']['n']}\n")
+        os.write(side, f"{job.args['received_data']['n']}\n".encode())
         await asyncio.Event().wait()
 
     await worker.consume_source(make_source(kind, where, what), Job("hang"), concurrency=3)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    kind, where, what, side_file = sys.argv[1:5]
+    side = os.open(side_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    asyncio.run(main(kind, where, what, side))

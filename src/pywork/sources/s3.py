@@ -8,10 +8,10 @@ claimed by one of them at a time with a **claim marker**, a small object at
   one consumer creates it. The marker holds ``{"owner", "attempt", "hold"}``;
 - **lease**: a marker is valid for ``hold`` seconds after its ``Last-Modified``, judged
   on the server's clock (the ``Date`` of the response), so consumers' clocks need not
-  agree; a held claim gets :data:`CLOCK_RESOLUTION` more, as S3 times are whole seconds. The holder renews it every ``lease / 3`` s by rewriting it with
-  ``If-Match: <its ETag>``; a consumer that died stops renewing and, once the marker
-  expired, another takes it over with ``If-Match: <the stale ETag>`` (atomic too) and
-  ``attempt + 1``;
+  agree; a held claim gets :data:`CLOCK_RESOLUTION` more, as S3 times are whole seconds.
+  The holder renews it every ``lease / 3`` s by rewriting it with ``If-Match: <its
+  ETag>``; a consumer that died stops renewing and, once the marker expired, another
+  takes it over with ``If-Match: <the stale ETag>`` (atomic too) and ``attempt + 1``;
 - **ack**: delete the object, then the marker (``If-Match``);
 - **nack(delay)**: rewrite the marker as released for `delay` seconds (owner ``""``); the
   next claim after that counts ``attempt + 1``;
