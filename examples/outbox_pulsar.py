@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sqlite3
 import tempfile
 import time
@@ -146,7 +147,7 @@ async def run(service_url: str, database: str, orders: int, pollers: int) -> dic
     topic = f"persistent://public/default/orders-{uuid.uuid4().hex[:8]}"
     outbox = Outbox(database)
     await outbox.open()
-    client = pulsar.asyncio.Client(service_url)
+    client = pulsar.asyncio.Client(service_url, logger=logging.getLogger("pulsar"))
     producer = await client.create_producer(topic)
     polls: Counter[Status] = Counter()
 
