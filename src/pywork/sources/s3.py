@@ -292,7 +292,7 @@ class S3Source:
             error: BaseException | None = None
             try:
                 keys = await self._candidates(room)
-            except (ClientError, OSError) as exc:  # aiohttp's connection errors are OSErrors
+            except Exception as exc:  # S3 unreachable or refusing: reported, then retried
                 keys, error = [], exc
             if not keys and error is None:
                 await asyncio.sleep(self.poll_interval)
@@ -457,7 +457,10 @@ class S3Source:
         async with message._lock:
             if message._settled or message._lost:
                 return
-            await self._rewrite(message, self.lease)
+            try:
+                await self._rewrite(message, self.lease)
+            except Exception as exc:  # S3 unreachable: the next renewal tries again
+                _logger.warning("renewing the claim of %s failed: %s", message.id, exc)
 
     async def _rewrite(self, message: S3Message, hold: float, owner: str | None = None) -> bool:
         """Rewrite our marker (If-Match); False (and the message lost) if it is not ours."""
