@@ -150,12 +150,15 @@ async def run(service_url: str, database: str, orders: int, pollers: int) -> dic
     client = pulsar.asyncio.Client(service_url, logger=logging.getLogger("pulsar"))
     producer = await client.create_producer(topic)
     polls: Counter[Status] = Counter()
+    polled_empty = asyncio.Event()
 
     def count(inner: Any) -> Any:
         async def counted(job: Job) -> None:
             await inner(job)
             assert job.ctx is not None
             polls[job.ctx.status] += 1
+            if job.ctx.status is Status.NO_RESPONSE:
+                polled_empty.set()
 
         return counted
 
@@ -184,6 +187,7 @@ async def run(service_url: str, database: str, orders: int, pollers: int) -> dic
     consuming = asyncio.create_task(consumer.consume_source(source, Job("order.handle")))
     try:
         async with publishers:
+            await asyncio.wait_for(polled_empty.wait(), timeout=10)  # pollers run idle first
             for number in range(1, orders + 1):  # the application writes orders in bursts
                 await outbox.add({"order": number, "item": f"book-{number}"})
                 if number % 10 == 0:
