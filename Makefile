@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/brokers.py
 	$(BIN)/python bench/schedules.py
 	$(BIN)/python bench/tasks.py
+	$(BIN)/python bench/sources.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

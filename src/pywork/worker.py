@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -33,6 +34,7 @@ from pywork.types import Adapter, Handler
 
 if TYPE_CHECKING:
     from pywork.brokers.base import Broker
+    from pywork.sources import Source
 
 __all__ = ["Worker", "check_handler_name"]
 
@@ -317,6 +319,21 @@ class Worker:
             grace = max(1.0, deadline - time.monotonic())
             await _shutdown_pool(pool, list(self._threads), grace, self.logger)
 
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (no arguments) when :meth:`stop` begins, before it waits for runs.
+
+        For loops that feed the worker, such as :meth:`consume_source`: they stop taking
+        work at once, while running executions finish. Returns a function that removes
+        the callback again (call it when the loop ends).
+
+        Raises:
+            TypeError: `callback` is not callable.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self.add_stop_hook(callback)
+        return functools.partial(self.remove_stop_hook, callback)
+
     async def __aenter__(self) -> Worker:
         await self.start()
         return self
@@ -492,18 +509,27 @@ class Worker:
             self._active -= 1
             self.forget(execution)
 
-    async def perform(self, job: Job, *, wait: bool = False) -> Execution:
+    async def perform(self, job: Job, *, wait: bool = False, attempt: int = 1) -> Execution:
         """Run `job` now; afterwards ``job.ctx`` is this execution's context.
 
         With ``wait=True`` return when it finished, else at once. Handler failures are
         never raised: read ``execution.status`` and ``execution.error``.
 
+        Args:
+            job: the job to run.
+            wait: return once the execution finished.
+            attempt: the run's ``ctx.attempt`` (1-based), for callers that redeliver
+                work themselves, such as :meth:`consume_source`.
+
         Raises:
             TypeError: `job` is not a Job.
+            ValueError: `attempt` < 1.
             WorkerNotRunning: the worker is not started or is stopped.
             HandlerNotFound: ``job.handler`` is not registered.
         """
-        execution = self.launch(job, self._check(job))
+        if attempt != 1:
+            attempt = positive_int(attempt, "attempt")
+        execution = self.launch(job, self._check(job), attempt=attempt)
         if wait:
             await _finished(execution)
         return execution
@@ -665,6 +691,46 @@ class Worker:
             lease=lease,
             max_retries=max_retries,
             backoff=backoff,
+        )
+        await consumer.run()
+
+    async def consume_source(
+        self,
+        source: Source,
+        job: Job,
+        *,
+        concurrency: int | None = None,
+        max_retries: int = 3,
+        backoff: tuple[float | timedelta, float | timedelta] = (1.0, 300.0),
+    ) -> None:
+        """Run ``job.copy()`` for every message of `source`, then settle it (contract §15).
+
+        Each run gets ``args["received_data"] = message.data`` and ``ctx.attempt =
+        message.attempt``; worker middleware applies. SUCCESS / NO_RESPONSE → ack; a
+        retryable status → nack with the backoff until `max_retries` (``job.max_retries``
+        overrides) is exhausted, then dead letter; any other 4xx → dead letter. Starts the
+        worker if needed; returns once ``worker.stop()`` completed (runs cut short and
+        messages taken but not started are nacked with delay 0) or the source is
+        exhausted and every message taken is settled. Does not close `source`. See
+        ``docs/sources.md``.
+
+        Args:
+            source: a :class:`pywork.sources.Source`, such as ``PulsarSource`` or ``S3Source``.
+            job: the template job; its handler must be registered.
+            concurrency: the most messages handled at once; default ``max_concurrency``
+                of the worker, else 100.
+            max_retries: retries of a failed message (``job.max_retries`` overrides).
+            backoff: ``(base, cap)``: retry ``n`` waits a random time in
+                ``[0, min(cap, base * 2**(n-1))]`` (full jitter), or the error's ``retry_after``.
+
+        Raises:
+            TypeError, ValueError: an argument is invalid (checked before anything starts).
+            HandlerNotFound: ``job.handler`` is not registered.
+        """
+        from pywork.sources.consumer import SourceConsumer
+
+        consumer = SourceConsumer(
+            self, source, job, concurrency=concurrency, max_retries=max_retries, backoff=backoff
         )
         await consumer.run()
 
