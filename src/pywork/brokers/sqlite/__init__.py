@@ -11,7 +11,9 @@ module runs the statements, ``queries.sql`` holds the schema and every query by 
 Storage: one table, ``pywork_jobs``, one row per job (the encoded job in ``payload``,
 its state, attempts, fencing token and timestamps; ``run_at`` is the time the row
 next matters: when a scheduled/failed job becomes due, when a lease expires, when a
-finished record is purged). A partial index over ready jobs ``(queue, seq) WHERE
+finished record is purged; ``result`` and ``progress`` the encoded JSON of a succeeded
+job's result and of its latest progress report, the latter written by the renewal's own
+``UPDATE``). A partial index over ready jobs ``(queue, seq) WHERE
 state = 'queued'`` makes a claim one indexed ``UPDATE … RETURNING`` inside a
 ``BEGIN IMMEDIATE`` transaction, which also takes back expired leases and promotes due
 jobs. Several processes on one machine can share the file: SQLite serialises writers.
@@ -25,7 +27,12 @@ per broker, never on the event loop. Waking up: enqueues through any SQLiteBroke
 the same file in this process wake waiting consumers at once; enqueues from other
 processes are seen by a short poll (``wait_for_work`` sleeps at most
 :data:`POLL_INTERVAL` seconds), and scheduled jobs, retries and lease expiries by
-sleeping until the earliest due time.
+sleeping until the earliest due time. ``broker.wait(job_id)`` likewise: woken at once by
+a settle, cancel or lease-expiry death through a broker of this process, else it looks
+at the job again every :data:`POLL_INTERVAL` seconds.
+
+A file created by an older pywork gains the ``result`` and ``progress`` columns when a
+broker opens it.
 """
 
 from __future__ import annotations
@@ -62,8 +69,8 @@ from pywork.status import Status
 
 __all__ = ["POLL_INTERVAL", "SQLiteBroker"]
 
-#: The longest ``wait_for_work`` sleeps before looking at the file again (to see other
-#: processes' jobs).
+#: The longest ``wait_for_work`` and ``wait(job_id)`` sleep before looking at the file
+#: again (to see other processes' jobs and outcomes).
 POLL_INTERVAL = 0.25
 _CLEANUP_EVERY = 2.0
 _T = TypeVar("_T")
