@@ -11,7 +11,9 @@ module runs the statements, ``queries.sql`` holds the schema and every query by 
 Storage: one table, ``pywork_jobs``, one row per job (the encoded job in ``payload``,
 its state, attempts, fencing token and timestamps; ``run_at`` is the time the row
 next matters: when a scheduled/failed job becomes due, when a lease expires, when a
-finished record is purged). A partial index over ready jobs ``(queue, seq) WHERE
+finished record is purged; ``result`` and ``progress`` the encoded JSON of a succeeded
+job's result and of its latest progress report, the latter written by the renewal's own
+``UPDATE``). A partial index over ready jobs ``(queue, seq) WHERE
 state = 'queued'`` makes a claim one indexed ``UPDATE … RETURNING`` inside a
 ``BEGIN IMMEDIATE`` transaction, which also takes back expired leases and promotes due
 jobs. Several processes on one machine can share the file: SQLite serialises writers.
@@ -25,7 +27,12 @@ per broker, never on the event loop. Waking up: enqueues through any SQLiteBroke
 the same file in this process wake waiting consumers at once; enqueues from other
 processes are seen by a short poll (``wait_for_work`` sleeps at most
 :data:`POLL_INTERVAL` seconds), and scheduled jobs, retries and lease expiries by
-sleeping until the earliest due time.
+sleeping until the earliest due time. ``broker.wait(job_id)`` likewise: woken at once by
+a settle, cancel or lease-expiry death through a broker of this process, else it looks
+at the job again every :data:`POLL_INTERVAL` seconds.
+
+A file created by an older pywork gains the ``result`` and ``progress`` columns when a
+broker opens it.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -62,8 +69,8 @@ from pywork.status import Status
 
 __all__ = ["POLL_INTERVAL", "SQLiteBroker"]
 
-#: The longest ``wait_for_work`` sleeps before looking at the file again (to see other
-#: processes' jobs).
+#: The longest ``wait_for_work`` and ``wait(job_id)`` sleep before looking at the file
+#: again (to see other processes' jobs and outcomes).
 POLL_INTERVAL = 0.25
 _CLEANUP_EVERY = 2.0
 _T = TypeVar("_T")
@@ -95,12 +102,16 @@ def _peek_sql(n: int) -> tuple[str, str]:
 
 
 class _Waiters:
-    """Consumers of one file waiting in this process, woken by enqueues from any broker."""
+    """The waiters on one file in this process: consumers in ``wait_for_work``, woken by
+    enqueues (and retries) from any broker of the file, and callers of ``broker.wait``,
+    woken when their job finishes through any broker of the file."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], frozenset[str]]]
         self.waiting = []
+        self.finishing: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]]
+        self.finishing = {}
 
     def add(self, queues: Sequence[str]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -120,6 +131,31 @@ class _Waiters:
             woken = [w for w in self.waiting if not w[2].isdisjoint(queues)]
             self.waiting = [w for w in self.waiting if w[2].isdisjoint(queues)]
         for loop, future, _ in woken:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def add_finish(self, job_id: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self.lock:
+            self.finishing.setdefault(job_id, []).append((loop, future))
+        return future
+
+    def remove_finish(self, job_id: str, future: asyncio.Future[None]) -> None:
+        with self.lock:
+            left = [w for w in self.finishing.get(job_id, ()) if w[1] is not future]
+            if left:
+                self.finishing[job_id] = left
+            else:
+                self.finishing.pop(job_id, None)
+
+    def finished(self, job_ids: Collection[str]) -> None:
+        """Wake the ``broker.wait`` callers of these jobs (a dict check when none wait)."""
+        if not self.finishing:
+            return
+        with self.lock:
+            woken = [w for job_id in job_ids for w in self.finishing.pop(job_id, ())]
+        for loop, future in woken:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, future)
 
@@ -246,10 +282,22 @@ class SQLiteBroker(BrokerFront):
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             db.executescript(f"BEGIN IMMEDIATE;\n{_Q['schema']}\nCOMMIT;")
+            self._db = db
+            self._write(self._upgrade)
         except BaseException:
+            self._db = None
             db.close()
             raise
-        self._db = db
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection) -> None:
+        """Add the columns a file created by an older pywork lacks (in a write
+        transaction, so concurrent openers add each column once)."""
+        columns = {row[0] for row in db.execute(_Q["job_columns"])}
+        added = {"result": _Q["add_result_column"], "progress": _Q["add_progress_column"]}
+        for column, add in added.items():
+            if column not in columns:
+                db.execute(add)
 
     async def _close(self) -> None:
         executor, self._executor = self._executor, None
@@ -332,7 +380,10 @@ class SQLiteBroker(BrokerFront):
         return None if row is None else StoredJob._make(row)
 
     async def _cancel(self, job_id: str) -> bool:
-        return await self._tx(self._cancel_in, job_id, self.retention)
+        cancelled = await self._tx(self._cancel_in, job_id, self.retention)
+        if cancelled:
+            self._waiters.finished((job_id,))
+        return cancelled
 
     @staticmethod
     def _cancel_in(db: sqlite3.Connection, job_id: str, retention: float) -> bool:
@@ -383,22 +434,30 @@ class SQLiteBroker(BrokerFront):
     async def _claim(
         self, queues: list[str], limit: int, lease: float, max_retries: int
     ) -> list[Claimed]:
-        return await self._tx(self._claim_in, queues, limit, lease, max_retries)
+        claimed, dead = await self._tx(self._claim_in, queues, limit, lease, max_retries)
+        if dead:
+            self._waiters.finished(dead)
+        return claimed
 
     def _claim_in(
         self, db: sqlite3.Connection, queues: list[str], limit: int, lease: float, max_retries: int
-    ) -> list[Claimed]:
+    ) -> tuple[list[Claimed], list[str]]:
+        """The leased jobs, and the ids of the jobs whose lease expired once too often."""
         expire, promote, claim = _claim_sql(len(queues))
         token = os.urandom(8).hex()
         now = time.time()
-        db.execute(expire, (max_retries, now, *LEASE_EXPIRED, _TIMEOUT, *queues))
+        expired = db.execute(expire, (max_retries, now, *LEASE_EXPIRED, _TIMEOUT, *queues))
+        dead = [job_id for state, job_id in expired.fetchall() if state == "dead"]
         db.execute(promote, (now, *queues))
         rows = db.execute(claim, (token, now, now + lease, *queues, limit)).fetchall()
         if now - self._last_cleanup >= _CLEANUP_EVERY:
             self._last_cleanup = now
             db.execute(_Q["purge_finished"], (now,))
         rows.sort()  # RETURNING has no order: oldest (lowest seq) first
-        return [Claimed(job_id, token, attempts, payload) for _, job_id, attempts, payload in rows]
+        claimed = [
+            Claimed(job_id, token, attempts, payload) for _, job_id, attempts, payload in rows
+        ]
+        return claimed, dead
 
     async def _wait_for_work(self, queues: list[str], timeout: float) -> None:
         """Wakes at once for jobs enqueued by this process; jobs enqueued by other
@@ -422,17 +481,25 @@ class SQLiteBroker(BrokerFront):
         ready = db.execute(ready_sql, queues).fetchone() is not None
         return ready, db.execute(due_sql, queues).fetchone()[0]
 
-    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
-        return await self._tx(self._renew_in, deliveries, lease)
+    async def _renew(
+        self, deliveries: Sequence[Delivery], lease: float, progress: Mapping[str, bytes]
+    ) -> dict[str, str]:
+        return await self._tx(self._renew_in, deliveries, lease, progress)
 
     @staticmethod
     def _renew_in(
-        db: sqlite3.Connection, deliveries: Sequence[Delivery], lease: float
+        db: sqlite3.Connection,
+        deliveries: Sequence[Delivery],
+        lease: float,
+        progress: Mapping[str, bytes],
     ) -> dict[str, str]:
+        """Each renewal is one UPDATE that also stores the job's progress, if reported."""
         until = time.time() + lease
+        renew_sql = _Q["renew"]
         lost: dict[str, str] = {}
         for d in deliveries:
-            if db.execute(_Q["renew"], (until, d.id, d.token)).rowcount == 1:
+            report = progress.get(d.id)
+            if db.execute(renew_sql, (until, report, d.id, d.token)).rowcount == 1:
                 continue
             row = db.execute(_Q["lease_holder"], (d.id,)).fetchone()
             cancelled = row is not None and row[0] == "cancelled" and row[1] == d.token
@@ -440,42 +507,63 @@ class SQLiteBroker(BrokerFront):
         return lost
 
     async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        applied, woken = await self._tx(self._settle_in, outcomes, self.retention)
+        applied, woken, finished = await self._tx(self._settle_in, outcomes, self.retention)
         if woken:
             self._waiters.wake(woken)  # consumers sleeping in wait_for_work look again
+        if finished:
+            self._waiters.finished(finished)  # callers of broker.wait(job_id)
         return applied
 
     @staticmethod
     def _settle_in(
         db: sqlite3.Connection, outcomes: Sequence[Outcome], retention: float
-    ) -> tuple[list[bool], set[str]]:
+    ) -> tuple[list[bool], set[str], list[str]]:
+        """Per outcome applied?, the queues to wake consumers of, the jobs that ended."""
         now = time.time()
         applied: list[bool] = []
         woken: set[str] = set()
+        finished: list[str] = []
         for o in outcomes:
-            d, state = o.delivery, o.state
+            d, state, report = o.delivery, o.state, o.progress
             status = None if o.status is None else int(o.status)
             if state is JobState.SUCCEEDED:
                 if retention == 0:
                     cursor = db.execute(_Q["settle_succeeded_unkept"], (d.id, d.token))
                 else:
                     cursor = db.execute(
-                        _Q["settle_succeeded"], (status, now, now + retention, d.id, d.token)
+                        _Q["settle_succeeded"],
+                        (status, now, now + retention, o.result, report, d.id, d.token),
                     )
             elif state is JobState.FAILED:
                 cursor = db.execute(
                     _Q["settle_failed"],
-                    (status, o.error, now + (o.retry_in or 0.0), d.id, d.token),
+                    (status, o.error, now + (o.retry_in or 0.0), report, d.id, d.token),
                 )
             elif state is JobState.DEAD:
-                cursor = db.execute(_Q["settle_dead"], (status, o.error, now, d.id, d.token))
+                cursor = db.execute(
+                    _Q["settle_dead"], (status, o.error, now, report, d.id, d.token)
+                )
             else:  # QUEUED: released untouched at shutdown
-                cursor = db.execute(_Q["settle_queued"], (d.id, d.token))
+                cursor = db.execute(_Q["settle_queued"], (report, d.id, d.token))
             row = cursor.fetchone()
             applied.append(row is not None)
-            if row is not None and state in (JobState.FAILED, JobState.QUEUED):
+            if row is None:
+                continue
+            if state is JobState.SUCCEEDED or state is JobState.DEAD:
+                finished.append(d.id)
+            else:
                 woken.add(row[0])
-        return applied, woken
+        return applied, woken, finished
+
+    async def _wait_for_finish(self, job_id: str, timeout: float) -> None:
+        """Wakes at once when the job ends through a broker of this process; jobs
+        settled or cancelled by other processes are seen within :data:`POLL_INTERVAL`
+        seconds (the front looks at the record again after each call)."""
+        future = self._waiters.add_finish(job_id)
+        try:
+            await asyncio.wait([future], timeout=min(timeout, POLL_INTERVAL))
+        finally:
+            self._waiters.remove_finish(job_id, future)
 
     # cluster schedules (contract §9) ----------------------------------------------
     async def _declare_schedule(

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS pywork_jobs (
     enqueued_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    run_at REAL
+    run_at REAL,
+    result BLOB,
+    progress BLOB
 );
 CREATE INDEX IF NOT EXISTS pywork_jobs_ready ON pywork_jobs (queue, seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS pywork_jobs_timed ON pywork_jobs (state, run_at);
@@ -47,6 +49,18 @@ CREATE TABLE IF NOT EXISTS pywork_schedules (
 );
 CREATE INDEX IF NOT EXISTS pywork_schedules_next ON pywork_schedules (next_run_at);
 
+-- name: job_columns
+-- The columns of pywork_jobs, to upgrade a file created by an older pywork (in the
+-- schema's transaction: the add_*_column queries below add the missing ones).
+SELECT name FROM pragma_table_info('pywork_jobs')
+
+-- name: add_result_column
+-- Files created before results and progress (contract §10) have neither column.
+ALTER TABLE pywork_jobs ADD COLUMN result BLOB
+
+-- name: add_progress_column
+ALTER TABLE pywork_jobs ADD COLUMN progress BLOB
+
 
 -- jobs: producer side --------------------------------------------------------------------
 
@@ -64,7 +78,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 -- name: get
 -- One job (id), its columns in StoredJob's order.
 SELECT id, handler, queue, payload, state, status, attempts, error,
-       enqueued_at, started_at, finished_at, key, run_at
+       enqueued_at, started_at, finished_at, key, run_at, result, progress
 FROM pywork_jobs WHERE id = ?
 
 -- name: live_job
@@ -90,7 +104,7 @@ FROM pywork_jobs GROUP BY queue, s
 -- name: dead_letters
 -- (?1 queue or NULL for every queue, ?2 limit), oldest death first.
 SELECT id, handler, queue, payload, state, status, attempts, error,
-       enqueued_at, started_at, finished_at, key, run_at
+       enqueued_at, started_at, finished_at, key, run_at, result, progress
 FROM pywork_jobs
 WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1)
 ORDER BY finished_at, seq LIMIT ?2
@@ -99,14 +113,16 @@ ORDER BY finished_at, seq LIMIT ?2
 -- (id) Queue a dead job again, keeping its key; fails on the key index when another
 -- live job holds the key now (then retry_dead_without_key).
 UPDATE pywork_jobs SET state = 'queued', attempts = 0, status = NULL, error = NULL,
-    token = NULL, started_at = NULL, finished_at = NULL, run_at = NULL
+    token = NULL, started_at = NULL, finished_at = NULL, run_at = NULL, result = NULL,
+    progress = NULL
 WHERE id = ? AND state = 'dead'
 RETURNING queue
 
 -- name: retry_dead_without_key
 -- (id) As retry_dead, dropping the key another live job holds.
 UPDATE pywork_jobs SET state = 'queued', attempts = 0, status = NULL, error = NULL,
-    token = NULL, started_at = NULL, finished_at = NULL, run_at = NULL, key = NULL
+    token = NULL, started_at = NULL, finished_at = NULL, run_at = NULL, result = NULL,
+    progress = NULL, key = NULL
 WHERE id = ? AND state = 'dead'
 RETURNING queue
 
@@ -119,7 +135,8 @@ DELETE FROM pywork_jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1)
 
 -- name: claim_expire
 -- Take back the expired leases of {queues}: queued again, or dead with the lease-expired
--- error (?3 || attempts || ?4) once attempts exceed the job's max_retries, else ?1.
+-- error (?3 || attempts || ?4) once attempts exceed the job's max_retries, else ?1; the
+-- rows returned tell the broker which jobs ended (to wake broker.wait).
 -- (?1 max_retries, ?2 now, ?3 and ?4 the two parts of LEASE_EXPIRED, ?5 status TIMEOUT,
 -- then the queues)
 UPDATE pywork_jobs SET
@@ -130,6 +147,7 @@ UPDATE pywork_jobs SET
     finished_at = CASE WHEN attempts > coalesce(max_retries, ?1) THEN ?2 ELSE NULL END,
     token = NULL, run_at = NULL
 WHERE state = 'running' AND run_at <= ?2 AND queue IN ({queues})
+RETURNING state, id
 
 -- name: claim_promote
 -- Make the due scheduled/failed jobs of {queues} ready. (now, then the queues)
@@ -159,17 +177,18 @@ SELECT min(run_at) FROM pywork_jobs
 WHERE state IN ('scheduled', 'failed', 'running') AND queue IN ({queues})
 
 -- name: renew
--- (lease end, id, token)
-UPDATE pywork_jobs SET run_at = ? WHERE id = ? AND token = ? AND state = 'running'
+-- (lease end, the encoded progress or NULL to keep the stored one, id, token)
+UPDATE pywork_jobs SET run_at = ?, progress = coalesce(?, progress)
+WHERE id = ? AND token = ? AND state = 'running'
 
 -- name: lease_holder
 -- Why a renewal failed: the state and token of a job (id).
 SELECT state, token FROM pywork_jobs WHERE id = ?
 
 -- name: settle_succeeded
--- (status, finished_at, keep the record until, id, token)
+-- (status, finished_at, keep the record until, result, progress or NULL, id, token)
 UPDATE pywork_jobs SET state = 'succeeded', status = ?, error = NULL, token = NULL,
-    finished_at = ?, run_at = ?
+    finished_at = ?, run_at = ?, result = ?, progress = coalesce(?, progress)
 WHERE id = ? AND token = ? AND state = 'running'
 RETURNING queue
 
@@ -179,22 +198,23 @@ DELETE FROM pywork_jobs WHERE id = ? AND token = ? AND state = 'running'
 RETURNING queue
 
 -- name: settle_failed
--- (status, error, due for its retry at, id, token)
-UPDATE pywork_jobs SET state = 'failed', status = ?, error = ?, token = NULL, run_at = ?
+-- (status, error, due for its retry at, progress or NULL, id, token)
+UPDATE pywork_jobs SET state = 'failed', status = ?, error = ?, token = NULL, run_at = ?,
+    progress = coalesce(?, progress)
 WHERE id = ? AND token = ? AND state = 'running'
 RETURNING queue
 
 -- name: settle_dead
--- (status, error, finished_at, id, token)
+-- (status, error, finished_at, progress or NULL, id, token)
 UPDATE pywork_jobs SET state = 'dead', status = ?, error = ?, token = NULL,
-    finished_at = ?, run_at = NULL
+    finished_at = ?, run_at = NULL, progress = coalesce(?, progress)
 WHERE id = ? AND token = ? AND state = 'running'
 RETURNING queue
 
 -- name: settle_queued
--- Released untouched at shutdown: the attempt is not counted. (id, token)
+-- Released untouched at shutdown: the attempt is not counted. (progress or NULL, id, token)
 UPDATE pywork_jobs SET state = 'queued', token = NULL, run_at = NULL,
-    attempts = max(attempts - 1, 0)
+    attempts = max(attempts - 1, 0), progress = coalesce(?, progress)
 WHERE id = ? AND token = ? AND state = 'running'
 RETURNING queue
 
