@@ -243,3 +243,13 @@ async def test_wait_sees_a_finish_by_another_process_within_the_poll_interval(
         waiting = asyncio.create_task(producer.wait(job_id, timeout=10))
         finish = consumer.settle([Outcome(delivery, JobState.SUCCEEDED, Status.SUCCESS)])
         assert await _woken_after(waiting, finish) < POLL_INTERVAL + 0.5
+
+
+async def test_a_new_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    broker = await pywork.connect(f"sqlite:///{path}")
+    try:
+        await broker.enqueue(Job("x"))
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        await broker.close()

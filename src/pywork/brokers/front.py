@@ -21,7 +21,7 @@ import abc
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -62,6 +62,7 @@ __all__ = [
     "duplicate_id",
     "encode_progress",
     "mask_url",
+    "queue_stats",
 ]
 
 T = TypeVar("T")
@@ -112,6 +113,18 @@ def check_queues(queues: object) -> list[str]:
     if not names or not all(isinstance(q, str) and q for q in names):
         raise ValueError(f"queues must be one or more non-empty str names, got {queues!r}")
     return names
+
+
+def queue_stats(rows: Iterable[tuple[str, str, int]]) -> dict[str, QueueStats]:
+    """:class:`QueueStats` per queue from ``(queue, state, count)`` rows (what a SQL
+    ``GROUP BY`` gives); a state pywork does not know (a record written by something
+    else) is left out rather than failing the call."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, state, n in rows:
+        if state in _STATES:
+            by_state = counts.setdefault(queue, {})
+            by_state[state] = by_state.get(state, 0) + n
+    return {queue: QueueStats(**by_state) for queue, by_state in counts.items()}
 
 
 def _check_id(job_id: object) -> None:

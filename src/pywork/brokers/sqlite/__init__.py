@@ -38,6 +38,7 @@ broker opens it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sqlite3
@@ -61,7 +62,7 @@ from pywork.brokers.base import (
     StoredJob,
     StoredSchedule,
 )
-from pywork.brokers.front import BrokerFront, duplicate_id
+from pywork.brokers.front import BrokerFront, duplicate_id, queue_stats
 from pywork.brokers.queries import load_queries
 from pywork.cron import ScheduleSpec
 from pywork.errors import BrokerError, BrokerUnavailable
@@ -276,6 +277,8 @@ class SQLiteBroker(BrokerFront):
             raise
 
     def _connect(self) -> None:
+        with contextlib.suppress(OSError):  # a new file is the owner's alone (0600)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout = 30000")
@@ -402,11 +405,7 @@ class SQLiteBroker(BrokerFront):
         return True
 
     async def _stats(self) -> dict[str, QueueStats]:
-        rows = await self._ro(_all, _Q["stats"], (time.time(),))
-        counts: dict[str, dict[str, int]] = {}
-        for queue, state, n in rows:
-            counts.setdefault(queue, {})[state] = n
-        return {queue: QueueStats(**c) for queue, c in counts.items()}
+        return queue_stats(await self._ro(_all, _Q["stats"], (time.time(),)))
 
     async def _dead_letters(self, queue: str | None, limit: int) -> list[StoredJob]:
         rows = await self._ro(_all, _Q["dead_letters"], (queue, limit))
