@@ -94,7 +94,7 @@ class Cli:
         return done.stdout.strip()
 
     def status(self, job_id: str) -> dict[str, object]:
-        done = self.run("status", job_id)
+        done = self.run("status", job_id, "--json")
         assert done.returncode == 0, done.stderr
         record: dict[str, object] = json.loads(done.stdout)
         return record
@@ -153,7 +153,7 @@ def test_sigterm_drains_running_job(tmp_path: Path, stop_all: Procs) -> None:
     assert cli.status(job_id)["state"] == "succeeded"
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
@@ -163,11 +163,11 @@ def test_processes_restart_killed_child(tmp_path: Path, stop_all: Procs) -> None
     ids = [cli.enqueue("slow", {"seconds": 0.05}) for _ in range(3)]
     supervisor = cli.start("worker", "cliapp:worker", "--processes", "2", "--lease", "2")
     stop_all.append(supervisor)
-    wait_until(lambda: len(_children(supervisor.pid)) == 2, 30, "two child processes")
-    victim = _children(supervisor.pid)[0]
+    wait_until(lambda: len(children_of(supervisor.pid)) == 2, 30, "two child processes")
+    victim = children_of(supervisor.pid)[0]
     os.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: len(_children(supervisor.pid)) == 2 and victim not in _children(supervisor.pid),
+        lambda: len(children_of(supervisor.pid)) == 2 and victim not in children_of(supervisor.pid),
         30,
         "the supervisor to replace the killed child",
     )
@@ -214,7 +214,7 @@ def test_http_serves_metrics_and_ready(tmp_path: Path, stop_all: Procs) -> None:
         (["queues", "--broker", "redis://127.0.0.1:1/0"], "127.0.0.1:1"),
         (["queues", "--broker", "redis://:s3cret@127.0.0.1:1/0"], "127.0.0.1:1"),
         (["queues", "--broker", "postgresql://app:s3cret@127.0.0.1:1/db"], "127.0.0.1:1"),
-        (["queues", "--broker", "sqlite:////nonexistent/dir/x.db"], "/nonexistent/dir/x.db"),
+        (["enqueue", "e", "--broker", "sqlite:////nonexistent/dir/x.db"], "/nonexistent/dir/x.db"),
         (["enqueue", "echo", "--delay", "-1"], "expected seconds >= 0"),
     ],
 )
@@ -233,7 +233,7 @@ def test_queues_and_dead_letters(tmp_path: Path) -> None:
     cli.enqueue("echo", {"n": 1})
     table = cli.run("queues")
     assert table.returncode == 0 and "default" in table.stdout and "queued" in table.stdout
-    listed = cli.run("dead", "list")
+    listed = cli.run("dead", "list", "--json")
     assert listed.returncode == 0 and listed.stdout == ""
     purged = cli.run("dead", "purge")
     assert purged.returncode == 0 and "purged 0" in purged.stdout
@@ -252,6 +252,7 @@ def test_demo_completes_and_prints_summary(tmp_path: Path) -> None:
 
 def test_schedules_lists_declared_schedules(tmp_path: Path, stop_all: Procs) -> None:
     cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'sched.db'}")
+    cli.enqueue("echo", {"n": 1})  # the database exists
     empty = cli.run("schedules")
     assert empty.returncode == 0 and "(no schedules)" in empty.stdout
     worker = cli.start("worker", "cliapp:worker")
@@ -301,7 +302,7 @@ def test_dead_letters_list_retry_and_purge(tmp_path: Path, stop_all: Procs) -> N
     wait_until(lambda: all(cli.status(i)["state"] == "dead" for i in ids), 30, "dead letters")
     worker.send_signal(signal.SIGTERM)
     worker.communicate(timeout=30)
-    listed = [json.loads(line) for line in cli.run("dead", "list").stdout.splitlines()]
+    listed = [json.loads(line) for line in cli.run("dead", "list", "--json").stdout.splitlines()]
     assert sorted(r["id"] for r in listed) == sorted(ids)
     assert {r["status"] for r in listed} == {400} and "no such user" in listed[0]["error"]
     one = cli.run("dead", "retry", ids[0])
