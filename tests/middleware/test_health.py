@@ -233,7 +233,7 @@ def test_set_status_overrides_and_none_returns_to_computed_health() -> None:
     # Given a healthy check (go-work's SetStatus: maintenance mode)
     health = HealthCheck(error_percentage=0.5, min_requests=2, tick=60.0)
     record(health, ok=4)
-    assert health.status is Status.SUCCESS
+    assert health.healthy
 
     # When it is forced down, it stays down whatever is recorded, tick or not
     health.set_status(Status.UNAVAILABLE)
