@@ -65,8 +65,9 @@ class ParentWatch:
     Args:
         fd: the read end of the pipe (closed by :meth:`close`).
         on_lost: called once, from the watch thread, when the supervisor is gone.
-        hard_exit_after: seconds after the loss at which the process exits with status
-            1 (``os._exit``) if it has not exited yet; None never.
+        hard_exit_after: seconds after the loss at which the process kills itself
+            (SIGKILL: its leases lapse and its jobs are delivered again) if it has not
+            exited yet; None never.
     """
 
     def __init__(
@@ -110,7 +111,7 @@ class ParentWatch:
         self._on_lost()
         if self._hard_exit_after is not None and not self._closed.wait(self._hard_exit_after):
             os.write(2, b"pywork: the supervisor is gone and this process did not stop: exiting\n")
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _set_pdeathsig(sig: int) -> bool:
