@@ -29,7 +29,7 @@ SAMPLES = [
 
 def test_the_pages_have_samples() -> None:
     pages = {name for name, _, _ in SAMPLES}
-    assert {"brokers.md", "observability.md", "schedules.md", "workers.md"} <= pages
+    assert {"brokers.md", "deploy.md", "observability.md", "schedules.md", "workers.md"} <= pages
 
 
 @pytest.mark.parametrize(

@@ -367,3 +367,29 @@ async def test_a_cancelled_start_closes_the_server() -> None:
     assert not server.running
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", server.port))
+
+
+async def test_route_paths_are_options() -> None:
+    health = HealthCheck()
+    app = create_app(
+        health=health, metrics_path="/m", ready_path="/healthz/ready", live_path="/healthz/live"
+    )
+    async with served(app) as client:
+        ready = await client.get("/healthz/ready")
+        live = await client.get("/healthz/live")
+        metrics = await client.get("/m")
+        old = await client.get("/ready")
+        health.set_status(Status.UNAVAILABLE)  # maintenance
+        maintenance = await client.get("/healthz/ready")
+    assert (ready.status_code, live.status_code, metrics.status_code) == (200, 200, 200)
+    assert old.status_code == 404
+    assert (maintenance.status_code, maintenance.text) == (500, "DOWN")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"ready_path": "ready"}, {"live_path": ""}, {"metrics_path": "/x", "ready_path": "/x"}],
+)
+def test_route_paths_must_be_distinct_absolute_paths(kwargs: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        create_app(**kwargs)  # type: ignore[arg-type]

@@ -59,6 +59,9 @@ def create_app(
     registry: CollectorRegistry | None = None,
     ready: Callable[[], bool] | None = None,
     summary: Callable[[], Mapping[str, Any]] | None = None,
+    metrics_path: str = "/metrics",
+    ready_path: str = "/ready",
+    live_path: str = "/live",
 ) -> Starlette:
     """Build the ops ASGI app (see the module documentation for its routes).
 
@@ -75,10 +78,13 @@ def create_app(
         ready: an extra readiness condition: ``/ready`` is DOWN while it returns False
             (the supervisor of ``pywork worker --processes N`` passes "every child is up").
         summary: returns extra fields for ``GET /`` (merged after the worker's summary).
+        metrics_path, ready_path, live_path: where the three routes are served (as
+            go-work's options); each an absolute path, all different and not ``/``.
 
     Raises:
         ImportError: starlette is not installed (``pip install "pywork[http]"``).
         TypeError: an argument has the wrong type.
+        ValueError: a route path is not absolute, is ``/``, or two are the same.
     """
     try:
         from starlette.applications import Starlette
@@ -101,6 +107,14 @@ def create_app(
         raise TypeError(f"ready must be None or a callable returning a bool, got {ready!r}")
     if summary is not None and not callable(summary):
         raise TypeError(f"summary must be None or a callable returning a mapping, got {summary!r}")
+    paths = {"metrics_path": metrics_path, "ready_path": ready_path, "live_path": live_path}
+    for name, path in paths.items():
+        if not isinstance(path, str):
+            raise TypeError(f"{name} must be a str such as '/{name[:-5]}', got {path!r}")
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"{name} must be an absolute path other than '/', got {path!r}")
+    if len(set(paths.values())) != len(paths):
+        raise ValueError(f"the route paths must differ, got {paths}")
     scrape = _scraper(registry)
     is_ready = ready
 
@@ -155,9 +169,9 @@ def create_app(
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/ready", ready_route, methods=["GET"]),
-            Route("/live", live, methods=["GET"]),
+            Route(metrics_path, metrics, methods=["GET"]),
+            Route(ready_path, ready_route, methods=["GET"]),
+            Route(live_path, live, methods=["GET"]),
         ]
     )
 

@@ -227,3 +227,32 @@ async def test_adapter_records_the_status_of_an_inner_adapter_that_raised() -> N
         execution = await worker.perform(Job("noop"), wait=True)
     assert execution.status is Status.INTERNAL_ERROR
     assert health.snapshot() == HealthSnapshot(Status.INTERNAL_ERROR, 1, 1)
+
+
+def test_set_status_overrides_and_none_returns_to_computed_health() -> None:
+    # Given a healthy check (go-work's SetStatus: maintenance mode)
+    health = HealthCheck(error_percentage=0.5, min_requests=2, tick=60.0)
+    record(health, ok=4)
+    assert health.healthy
+
+    # When it is forced down, it stays down whatever is recorded, tick or not
+    health.set_status(Status.UNAVAILABLE)
+    record(health, ok=10)
+    assert health.status is Status.UNAVAILABLE
+    assert not health.healthy
+    assert health.snapshot().status is Status.UNAVAILABLE
+
+    # And None returns to the computed verdict at once (not after the next tick)
+    record(health, failed=20)
+    health.set_status(None)
+    assert health.status is Status.INTERNAL_ERROR
+    health.set_status(200)
+    assert health.healthy and health.status is Status.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("down", TypeError), (True, TypeError), (999, ValueError)]
+)
+def test_set_status_rejects_what_is_not_a_status(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        HealthCheck().set_status(value)  # type: ignore[arg-type]

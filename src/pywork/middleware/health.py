@@ -4,6 +4,9 @@
 :class:`HealthCheck`; ``health.status`` is 200 while the worker is healthy and 500 once
 the share of error statuses (``Status.is_error``: TIMEOUT and every 5xx) exceeds
 ``error_percentage``. The ops app serves it as ``GET /ready``.
+
+``health.set_status(status)`` overrides the verdict (maintenance mode, go-work's
+``SetStatus``) until ``health.set_status(None)`` returns to the computed one.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class HealthCheck:
         self._lock = threading.Lock()
         self._next_check = float("-inf")
         self._snapshot = HealthSnapshot(_OK, 0, 0)
+        self._override: Status | None = None
         if last_requests is not None:  # last-N mode: a ring of outcomes
             self._ring = bytearray(last_requests)
             self._recorded = 0
@@ -145,6 +149,24 @@ class HealthCheck:
             self._totals[slot] += 1
             self._errors[slot] += failed
 
+    # the manual override ----------------------------------------------------------
+    def set_status(self, status: Status | int | None) -> None:
+        """Force :attr:`status` to `status` (e.g. ``Status.UNAVAILABLE`` for
+        maintenance: ``/ready`` answers DOWN), whatever is recorded; None returns to the
+        computed health at once. Recording goes on meanwhile.
+
+        Raises:
+            TypeError: `status` is not a Status, an int or None.
+            ValueError: the int is not a pywork status code.
+        """
+        if status is None:
+            self._override = None
+            self._next_check = float("-inf")  # recompute on the next read
+            return
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(f"status must be a pywork.Status, an int or None, got {status!r}")
+        self._override = Status(status)
+
     # reading ------------------------------------------------------------------
     @property
     def status(self) -> Status:
@@ -157,7 +179,11 @@ class HealthCheck:
         return self.snapshot().status is _OK
 
     def snapshot(self) -> HealthSnapshot:
-        """The latest decision and its counts (recomputed when `tick` has passed)."""
+        """The latest decision and its counts (recomputed when `tick` has passed); with
+        an override (:meth:`set_status`), its status and the latest counts."""
+        override = self._override
+        if override is not None:
+            return HealthSnapshot(override, self._snapshot.requests, self._snapshot.errors)
         now = self._clock()
         if now < self._next_check:
             return self._snapshot
@@ -190,8 +216,9 @@ class HealthCheck:
             if self.last_requests is not None
             else f"window={self.window:g}s"
         )
+        shown = self._override or self._snapshot.status
         return (
-            f"<HealthCheck {self._snapshot.status.value} {mode} "
+            f"<HealthCheck {shown.value} {mode} "
             f"error_percentage={self.error_percentage:g} min_requests={self.min_requests}>"
         )
 
