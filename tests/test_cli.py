@@ -28,7 +28,9 @@ APP = textwrap.dedent(
 
     @worker.handler("echo")
     async def echo(job):
+        job.ctx.set_progress(1, 1, "echoed")
         (out / job.id).write_text(str(job.args.get("n")))
+        return {"n": job.args.get("n")}
 
     worker.schedule("tick", Job("echo", {"n": 0}), every=3600)
 
@@ -134,6 +136,10 @@ def test_enqueue_worker_status_round_trip(cli: Cli, stop_all: Procs) -> None:
     wait_until(lambda: cli.status(job_id)["state"] == "succeeded", 30, "the record to settle")
     record = cli.status(job_id)
     assert record["status"] == 200 and record["attempts"] == 1
+    assert record["result"] == {"n": 7}
+    assert isinstance(record["progress"], dict) and record["progress"]["message"] == "echoed"
+    text = cli.run("status", job_id).stdout
+    assert 'result       {"n": 7}' in text and "progress     1/1 (100%) echoed" in text
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 0, output

@@ -283,7 +283,29 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
         "run_at": iso(record.run_at),
+        "result": record.result,
+        "progress": None
+        if record.progress is None
+        else {
+            "current": record.progress.current,
+            "total": record.progress.total,
+            "message": record.progress.message,
+            "updated_at": iso(record.progress.updated_at),
+        },
     }
+
+
+def _progress_text(record: JobRecord) -> str | None:
+    """``3/10 (30%) resizing, 2026-12-02T01:02:03+00:00``, or None."""
+    report = record.progress
+    if report is None:
+        return None
+    text = f"{report.current:g}"
+    if report.total is not None:
+        text += f"/{report.total:g} ({100 * report.current / report.total:.0f}%)"
+    if report.message:
+        text += f" {report.message}"
+    return f"{text}, {report.updated_at.isoformat()}"
 
 
 # commands --------------------------------------------------------------------------
@@ -340,7 +362,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(fields, indent=2))
             return 0
-        fields = {"broker": mask_url(broker.url), **fields, "args": json.dumps(record.args)}
+        fields = {
+            "broker": mask_url(broker.url),
+            **fields,
+            "args": json.dumps(record.args),
+            "result": None if record.result is None else json.dumps(record.result),
+            "progress": _progress_text(record),
+        }
         width = max(len(name) for name in fields)
         for name, value in fields.items():
             print(f"{name:<{width}}  {'-' if value is None else value}")
