@@ -547,3 +547,11 @@ def test_redis_database_out_of_range(tmp_path: Path, redis_server: RedisServer) 
     [line] = done.stderr.strip().splitlines()
     assert f"Redis at 127.0.0.1:{redis_server.port} refused database 99" in line
     assert "0-15" in line
+
+
+def test_http_takes_an_ipv6_address_in_brackets() -> None:
+    from pywork.cli import _host_port
+
+    assert _host_port("[::1]:9000") == ("::1", 9000)
+    assert _host_port("127.0.0.1:9000") == ("127.0.0.1", 9000)
+    assert _host_port(":9000") == ("127.0.0.1", 9000)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pywork.supervisor import ParentWatch
+from tests.servers import PostgresServer
 from tests.test_cli import Cli, Procs, children_of, stop_all, wait_until
 
 __all__ = ["stop_all"]
@@ -120,3 +121,27 @@ def test_sigterm_exits_0_while_a_child_waits_to_be_restarted(
     assert supervisor.wait(30) == 0, "".join(lines)
     reader.join(10)
     supervisor.stdout.close()
+
+
+def test_the_children_get_the_broker_url_by_the_environment_not_the_command_line(
+    tmp_path: Path, stop_all: Procs, postgres_server: PostgresServer
+) -> None:
+    # Given a broker URL with a password (the test server trusts loopback: it is ignored)
+    url = postgres_server.url.replace("postgres@", "postgres:s3cret-pw@") + "?schema=ps"
+    cli = Cli(tmp_path, "sqlite:///unused.db")
+    job_id = cli.run("enqueue", "echo", "--args", '{"n": 1}', "--broker", url).stdout.strip()
+
+    # When a supervisor runs two children with --broker on its own command line
+    supervisor = cli.start("worker", "cliapp:worker", "--processes", "2", "--broker", url)
+    stop_all.append(supervisor)
+    wait_until(lambda: (cli.out / job_id).exists(), 60, "the job to run")
+    kids = children_of(supervisor.pid)
+
+    # Then no child's command line shows the password, and the job ran on that broker
+    assert len(kids) == 2
+    for pid in kids:
+        assert b"s3cret-pw" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    supervisor.send_signal(signal.SIGTERM)
+    output, _ = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 0, output
+    assert "s3cret-pw" not in output

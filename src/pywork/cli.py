@@ -261,7 +261,11 @@ def _positive_seconds(value: str) -> float:
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:9000), got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT (e.g. 127.0.0.1:9000 or [::1]:9000), got {value!r}"
+        )
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address: [::1]:9000
+        host = host[1:-1]
     return host or "127.0.0.1", int(port)
 
 

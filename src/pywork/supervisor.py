@@ -179,7 +179,11 @@ def child_link(on_lost: Callable[[], None]) -> ChildLink | None:
 
 # the supervisor's side ---------------------------------------------------------------
 def _child_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` without --processes/--http (and their values), plus --processes 1."""
+    """`argv` without --processes/--http/--broker (and their values), plus --processes 1.
+
+    The broker URL reaches the children through ``PYWORK_BROKER`` instead (see
+    :func:`_supervise`): a password in it never shows in ``ps``.
+    """
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -187,7 +191,7 @@ def _child_argv(argv: Sequence[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name in ("--processes", "--http"):
+        if name in ("--processes", "--http", "--broker"):
             skip = "=" not in arg
             continue
         out.append(arg)
@@ -349,6 +353,8 @@ async def _abort(children: list[_Child]) -> None:
 
 async def _supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env = dict(os.environ)
+    if args.broker:  # by the environment, not the command line: `ps` shows no password
+        env["PYWORK_BROKER"] = args.broker
     metrics_dir: str | None = None
     if args.http is not None:
         metrics_dir = tempfile.mkdtemp(prefix="pywork-metrics-")
