@@ -161,9 +161,17 @@ class LeaseKeeper:
         except BaseException:  # never silent: the leases are no longer renewed
             self.logger.exception("the lease keeper thread failed")
         finally:
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._finished)
+            self._on_loop(self._finished)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Call `callback(*args)` on the consumer's loop (dropped once it is closed)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # closed meanwhile: nobody is left to tell
+            pass
 
     def _wake_up(self) -> None:
         if self._wake is not None:
@@ -243,9 +251,8 @@ class LeaseKeeper:
         if reasons:
             by_id = {lease.delivery.id: lease for lease in leases}
             found = {by_id[job_id]: why for job_id, why in reasons.items() if job_id in by_id}
-            loop = self._loop
-            if found and loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self.ended, found)
+            if found:
+                self._on_loop(self.ended, found)
 
     async def _renew_on_loop(
         self, deliveries: list[Delivery], progress: dict[str, Progress]
@@ -268,7 +275,7 @@ class LeaseKeeper:
                 self.logger.info("the event loop answers again after %.1fs", now - self._pinged_at)
             self._pinged += 1
             self._pinged_at = now
-            loop.call_soon_threadsafe(self._pong, self._pinged)
+            self._on_loop(self._pong, self._pinged)
             return
         if not self._stalled and now - self._pinged_at > STALL_AFTER:
             self._stalled = True
