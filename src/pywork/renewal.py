@@ -57,7 +57,8 @@ class Held(Protocol):
 
 
 def thread_stack(ident: int) -> str:
-    """The stack of the thread `ident`, most recent call last, as in a traceback.
+    """The stack of the thread `ident`, most recent call last, as in a traceback (from
+    the callback its event loop runs, when it runs one).
 
     Read with :func:`faulthandler.dump_traceback` (it sees every thread, whatever
     holds the GIL); "" when the thread is not found.
@@ -81,7 +82,12 @@ def thread_stack(ident: int) -> str:
                 f'  File "{path}", line {number}, in {function}'
                 + (f"\n    {source}" if source else "")
             )
-    return "\n".join(reversed(frames))
+    frames.reverse()
+    # what the loop runs starts after its last callback frame (asyncio's Handle._run)
+    starts = [i for i, frame in enumerate(frames) if "asyncio" in frame and "in _run\n" in frame]
+    if starts and starts[-1] + 1 < len(frames):
+        frames = frames[starts[-1] + 1 :]
+    return "\n".join(frames)
 
 
 class LeaseKeeper:
