@@ -603,7 +603,7 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("job_id", "handler"):
+        for key in ("job_id", "handler", "attempt", "status", "retry_at", "handlers"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:
@@ -645,19 +645,24 @@ async def _run_worker(
     server = None
     try:
         if args.http is not None:
-            server = await _start_http(worker, broker, args.http)
+            server = await _start_http(worker, broker, args)
         elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # a child of `--processes N --http`: the supervisor serves what it counts
             from pywork.middleware import with_prometheus
+            from pywork.middleware._common import marked
 
-            worker.use(with_prometheus())
+            if not marked(worker.middleware, "prometheus"):
+                worker.use(with_prometheus())
         concurrency = args.concurrency or worker.max_concurrency or 100
-        print(
+        banner = (
             f"pywork {__version__} worker {worker.name!r}: broker={mask_url(url)} "
             f"queues={','.join(queues)} concurrency={concurrency} "
-            f"handlers={','.join(worker.handlers) or '-'}",
-            flush=True,
+            f"handlers={','.join(worker.handlers) or '-'}"
         )
+        if args.log_format == "json":  # every line is JSON, the banner included
+            record = log.makeRecord(log.name, logging.INFO, __file__, 0, banner, (), None)
+            banner = _JsonFormatter().format(record)
+        print(banner, flush=True)
         loop = asyncio.get_running_loop()
         signals = 0
         stopping: list[asyncio.Task[None]] = []
@@ -729,21 +734,59 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
         loop.call_soon_threadsafe(callback)
 
 
-async def _start_http(worker: Worker, broker: Broker, address: tuple[str, int]) -> Any:
+async def _start_http(worker: Worker, broker: Broker, args: argparse.Namespace) -> Any:
+    """Serve the ops app; add metrics and a health check only if the worker has none
+    (its built-in adapters say so with their ``pywork_instruments`` mark)."""
     try:
         from pywork import ops
         from pywork.middleware import HealthCheck, with_health_check, with_prometheus
+        from pywork.middleware._common import marked
     except ImportError as exc:
         raise UsageError(
             f'--http needs the http extras: pip install "pywork[all]" ({exc})'
         ) from exc
-    health = HealthCheck()
-    worker.use(with_prometheus(), with_health_check(health))
-    app = ops.create_app(worker=worker, broker=broker, health=health)
-    host, port = address
+    registries = marked(worker.middleware, "prometheus")
+    if not registries:
+        worker.use(with_prometheus())
+    checks = marked(worker.middleware, "health")
+    if checks:
+        health = checks[0]
+        if args.health_error_percentage is not None or args.health_window is not None:
+            log.warning("--health-* options ignored: the worker has its own HealthCheck")
+    else:
+        health = HealthCheck(
+            error_percentage=_or(args.health_error_percentage, 1.0),
+            window=_or(args.health_window, 300.0),
+        )
+        worker.use(with_health_check(health))
+    app = ops.create_app(
+        worker=worker, broker=broker, health=health, registry=registries[0] if registries else None
+    )
+    host, port = args.http
     server = ops.OpsServer(app, host=host, port=port)
     await server.start()
     return server
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {value!r}")
+    return number
+
+
+def _window(value: str) -> float:
+    number = _seconds(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value!r}")
+    return number
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -781,6 +824,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_positive, default=1, help="consumer processes to fork")
     p.add_argument(
         "--http", type=_host_port, metavar="HOST:PORT", help="serve /metrics, /ready, /live"
+    )
+    p.add_argument(
+        "--health-error-percentage",
+        type=_fraction,
+        metavar="F",
+        help="with --http: /ready is DOWN above this share of errors (0.7 = 70%%; default 1)",
+    )
+    p.add_argument(
+        "--health-window",
+        type=_window,
+        metavar="S",
+        help="with --http: seconds of runs the health check counts (default 300)",
     )
     p.add_argument(
         "--drain-timeout", type=_seconds, default=30.0, help="seconds to finish running jobs"

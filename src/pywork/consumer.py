@@ -6,10 +6,11 @@ One :class:`Consumer` runs four tasks, all owned and awaited by :meth:`Consumer.
   ``concurrency + prefetch`` jobs (running, leased-but-not-started, or finished and not
   yet settled), so a busy consumer does not hoard jobs other consumers could run; when
   nothing is ready it sleeps in ``broker.wait_for_work`` (no busy loop);
-- the **renewer** extends the leases of every held job every ``min(lease / 3, 0.5)`` s
-  from the event loop (plain handlers run in threads, so they cannot starve it) and
-  learns of cancellation (the run is cancelled) and of lost leases (the run's result
-  will be dropped: fencing);
+- the **renewer** owns a :class:`~pywork.renewal.LeaseKeeper`: a thread with its own
+  event loop and broker connection that extends the leases of every held job every
+  ``min(lease / 3, 0.5)`` s, so an ``async def`` handler blocking the event loop does
+  not lose them, and warns when the loop stops answering; it hands back cancellations
+  (the run is cancelled) and lost leases (the run's result will be dropped: fencing);
 - the **settler** buffers outcomes and settles them in batches (every few ms or every
   few hundred outcomes);
 - the **ticker** (:func:`pywork.ticker.run_ticker`) fires the broker's due cluster
@@ -23,6 +24,11 @@ retried with exponential backoff and logged; nothing is lost, because a job is o
 settled once the broker acknowledged it, and a job whose lease lapsed meanwhile is
 delivered again.
 
+Every failure is logged as ONE warning on the worker's logger, naming handler, job id,
+attempt and status (a timeout, a job going dead, a retry with when it runs next, a
+lost lease); successes are logged at DEBUG. The records carry ``job_id``, ``handler``,
+``attempt``, ``status`` and, for a retry, ``retry_at`` as attributes (for JSON logs).
+
 Outcome rules (contract §7): SUCCESS and NO_RESPONSE → succeeded; a retryable status
 (and UNKNOWN) → failed, retried after ``retry_after`` or a full-jitter backoff while the
 attempt is <= max_retries, else dead; any other 4xx → dead at once; a run cut short by
@@ -33,11 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pywork._durations import duration, positive_int
@@ -46,6 +53,7 @@ from pywork.brokers.front import encode_progress
 from pywork.encoding import encode_value
 from pywork.errors import JobError, SerializationError
 from pywork.job import Progress
+from pywork.renewal import LeaseKeeper
 from pywork.schedule import Execution, Runner
 from pywork.status import Status
 from pywork.ticker import run_ticker
@@ -453,14 +461,16 @@ class Consumer:
             lease = _Lease(delivery)
             previous = self._held.get(delivery.id)
             if previous is not None:  # our own lease lapsed and we were given the job again
-                previous.lost = True
+                self._lease_ended(previous, "lost")
             self._held[delivery.id] = lease
             job = delivery.job
             if self._stopping:
                 self._post(Outcome(delivery, JobState.QUEUED))
             elif job is None:
                 error = delivery.error or "DecodeError: the stored message cannot be decoded"
-                self._post(Outcome(delivery, JobState.DEAD, Status.BAD_REQUEST, error))
+                outcome = Outcome(delivery, JobState.DEAD, Status.BAD_REQUEST, error)
+                self._log_outcome(outcome, "?")
+                self._post(outcome)
             elif self.worker.chain_for(job.handler) is None:
                 text = f"HandlerNotFound: no handler registered for {job.handler!r}"
                 outcome = outcome_for(
@@ -471,7 +481,7 @@ class Consumer:
                     backoff=self.backoff,
                 )
                 outcome.error = text
-                self._logger.warning("job %s: %s", delivery.id, text)
+                self._log_outcome(outcome, job.handler)
                 self._post(outcome)
             else:
                 self._pending.append(lease)
@@ -505,11 +515,14 @@ class Consumer:
         took = execution.duration
         if took is not None:
             self._average_duration += (took - self._average_duration) * 0.05
-        if lease.lost:
-            self._logger.warning(
-                "job %s (%s) finished with %s after its lease was lost: result dropped",
+        if lease.lost:  # warned when the lease was lost
+            self._logger.info(
+                "job %s (%s) attempt %d finished with %d %s after its lease was lost: "
+                "result dropped",
                 lease.delivery.id,
                 execution.job.handler,
+                lease.delivery.attempt,
+                execution.status.value,
                 execution.status.name,
             )
             self._drop(lease)
@@ -537,8 +550,45 @@ class Consumer:
             progress = execution.progress
             if progress is not None and progress is not lease.progress_sent:
                 outcome.progress = encode_progress(progress)
+            self._log_outcome(outcome, execution.job.handler, took)
             self._post(outcome)
         self._fill()
+
+    def _log_outcome(self, outcome: Outcome, handler: str, took: float | None = None) -> None:
+        """One line per settled run: a WARNING for a failure, DEBUG for a success."""
+        state, status = outcome.state, outcome.status
+        failed = state is JobState.FAILED or state is JobState.DEAD
+        logger = self._logger
+        if not failed and not logger.isEnabledFor(logging.DEBUG):
+            return  # the hot path: a success with debug logging off costs one check
+        delivery = outcome.delivery
+        code = 0 if status is None else int(status)
+        extra: dict[str, Any] = {
+            "job_id": delivery.id,
+            "handler": handler,
+            "attempt": delivery.attempt,
+            "status": code,
+        }
+        head = f"job {delivery.id} ({handler}) attempt {delivery.attempt}: "
+        reason = f": {outcome.error}" if outcome.error else ""
+        named = f"{code} {status.name}" if status is not None else "-"
+        if state is JobState.FAILED:
+            retry_in = float(outcome.retry_in or 0.0)
+            at = datetime.now().astimezone() + timedelta(seconds=retry_in)
+            extra["retry_at"] = at.isoformat(timespec="milliseconds")
+            logger.warning(
+                "%s%s, retry in %.2fs at %s%s",
+                head, named, retry_in, extra["retry_at"], reason, extra=extra,
+            )  # fmt: skip
+        elif state is JobState.DEAD:
+            retryable = status is not None and status.is_retryable
+            why = "dead after its last retry" if retryable else "dead"
+            logger.warning("%s%s, %s%s", head, named, why, reason, extra=extra)
+        elif state is JobState.SUCCEEDED:
+            spent = f" in {took * 1000:.1f}ms" if took is not None else ""
+            logger.debug("%s%s, succeeded%s", head, named, spent, extra=extra)
+        else:  # cut short by the worker's stop
+            logger.debug("%s%s, back to the queue", head, named, extra=extra)
 
     def _drop(self, lease: _Lease) -> None:
         if self._held.get(lease.delivery.id) is lease:
@@ -624,45 +674,27 @@ class Consumer:
 
     # lease renewal --------------------------------------------------------------
     async def _renew_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                await asyncio.wait_for(self._closed.wait(), self.renew_every)
-                return
-            except TimeoutError:
-                pass
-            leases = {
-                job_id: lease
-                for job_id, lease in self._held.items()
-                if not lease.lost and not lease.settling
-            }
-            if not leases:
-                continue
-            progress = {}  # the reports made since the last renewal, one per job
-            for job_id, held in leases.items():
-                report = None if held.execution is None else held.execution.progress
-                if report is not None and report is not held.progress_sent:
-                    progress[job_id] = report
-            try:
-                reasons = await self.broker.renew(
-                    [lease.delivery for lease in leases.values()],
-                    lease=self.lease,
-                    progress=progress,
-                )
-                for job_id, report in progress.items():
-                    leases[job_id].progress_sent = report
-            except Exception as exc:
-                self._logger.warning(
-                    "broker renew failed (%s: %s); retrying in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    self.renew_every,
-                )
-                continue
-            for job_id, reason in reasons.items():
-                lease = leases.get(job_id)
-                # a settle that overtook this renewal ended the lease: that is no loss
-                if lease is not None and self._held.get(job_id) is lease and not lease.settling:
-                    self._lease_ended(lease, reason)
+        """Renew from a LeaseKeeper thread until the consumer is closed, then stop it."""
+        keeper = LeaseKeeper(
+            self.broker,
+            lease=self.lease,
+            every=self.renew_every,
+            held=lambda: list(self._held.values()),
+            ended=self._leases_ended,
+            logger=self._logger,
+        )
+        keeper.start()
+        try:
+            await self._closed.wait()
+        finally:
+            await keeper.stop()
+
+    def _leases_ended(self, reasons: Mapping[_Lease, str]) -> None:
+        """The keeper's renewal said these leases ended (called on the consumer's loop)."""
+        for lease, reason in reasons.items():
+            # a settle that overtook this renewal ended the lease: that is no loss
+            if self._held.get(lease.delivery.id) is lease and not lease.settling:
+                self._lease_ended(lease, reason)
 
     def _lease_ended(self, lease: _Lease, reason: str) -> None:
         execution = lease.execution
@@ -674,10 +706,24 @@ class Consumer:
                 self._drop(lease)  # already settled or about to be: settle will say False
         else:
             if not lease.lost:
+                delivery = lease.delivery
+                handler = delivery.job.handler if delivery.job is not None else "?"
+                status = execution.status if execution is not None else None
+                state = "running" if execution is not None and not execution.done() else "held"
                 self._logger.warning(
-                    "job %s: lease lost (it expired and the job was taken back); "
-                    "this run's result will be dropped",
-                    lease.delivery.id,
+                    "job %s (%s) attempt %d: lease lost while %s (status %s): it expired and "
+                    "the job was taken back; this run's result will be dropped",
+                    delivery.id,
+                    handler,
+                    delivery.attempt,
+                    state,
+                    "-" if status is None or state == "running" else int(status),
+                    extra={
+                        "job_id": delivery.id,
+                        "handler": handler,
+                        "attempt": delivery.attempt,
+                        "status": None if status is None or state == "running" else int(status),
+                    },
                 )
             lease.lost = True
             if execution is None and lease not in self._pending:

@@ -243,6 +243,11 @@ class Worker:
         self._middleware.extend(adapters)
 
     @property
+    def middleware(self) -> tuple[Adapter, ...]:
+        """The worker-wide adapters, innermost first (as given and added with :meth:`use`)."""
+        return tuple(self._middleware)
+
+    @property
     def handlers(self) -> list[str]:
         """The registered handler names, in registration order."""
         return list(self._handlers)

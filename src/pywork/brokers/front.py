@@ -263,6 +263,26 @@ class BrokerFront(abc.ABC):
         """
         await self._do(self._open)
 
+    @classmethod
+    async def from_url(cls, url: str, *, retention: float = 3600.0) -> BrokerFront:
+        """Open the broker at `url` (what :func:`pywork.connect` calls); each backend's."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from an url")
+
+    async def twin(self) -> BrokerFront:
+        """A new broker on the same storage, for another thread's event loop.
+
+        The consumer renews its leases from a thread of its own, with its own event
+        loop and this broker's twin, so that a blocked event loop does not lose them.
+        The default opens ``type(self).from_url(self.url, retention=self.retention)``
+        (a connection of its own); a backend bound to no event loop may return itself
+        (:class:`~pywork.brokers.memory.MemoryBroker` does). Close the twin when done,
+        unless it is this broker.
+
+        Raises:
+            BrokerUnavailable: the storage cannot be reached.
+        """
+        return await type(self).from_url(self.url, retention=self.retention)
+
     async def close(self) -> None:
         """Release connections and threads. Idempotent; every later call raises
         :class:`~pywork.BrokerClosed`."""

@@ -336,6 +336,12 @@ class MemoryBroker(BrokerFront):
         name = (parts.netloc + parts.path).strip("/") or None
         return cls(name, retention=retention)
 
+    async def twin(self) -> MemoryBroker:
+        """This broker itself: its store is thread-safe and bound to no event loop, so
+        another thread's loop may use it as it is (see :meth:`BrokerFront.twin`)."""
+        self._check_open()
+        return self
+
     # storage primitives -----------------------------------------------------------
     def _add(self, job: NewJob, now: float) -> str:
         job_id, queue, handler, key, max_retries, payload, at, delay = job

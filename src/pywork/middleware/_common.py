@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from typing import Any
 
 from pywork.errors import status_for
 from pywork.job import Context
 from pywork.status import Status
+from pywork.types import Adapter
 
-__all__ = ["final_status", "missing_extra"]
+__all__ = ["MARK", "final_status", "mark", "marked", "missing_extra"]
+
+#: The attribute a built-in adapter carries to say what it instruments, so that
+#: ``pywork worker --http`` adds no second one (docs/observability.md):
+#: ``("prometheus", registry)`` on ``with_prometheus()``'s, ``("health", health_check)``
+#: on ``with_health_check()``'s.
+MARK = "pywork_instruments"
+
+
+def mark(adapter: Adapter, kind: str, value: Any) -> Adapter:
+    """Give `adapter` the :data:`MARK` attribute ``(kind, value)``; return it."""
+    vars(adapter)[MARK] = (kind, value)
+    return adapter
+
+
+def marked(adapters: Iterable[Adapter], kind: str) -> list[Any]:
+    """The values of the adapters among `adapters` marked `kind`, in order."""
+    found = []
+    for adapter in adapters:
+        value = getattr(adapter, MARK, None)
+        if isinstance(value, tuple) and len(value) == 2 and value[0] == kind:
+            found.append(value[1])
+    return found
 
 
 def final_status(ctx: Context, exc: BaseException | None = None) -> Status:

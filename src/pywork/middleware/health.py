@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from pywork._durations import duration
 from pywork.job import Job
-from pywork.middleware._common import final_status
+from pywork.middleware._common import final_status, mark
 from pywork.status import Status
 from pywork.types import Adapter, Handler
 
@@ -226,7 +226,9 @@ class HealthCheck:
 def with_health_check(health: HealthCheck) -> Adapter:
     """Adapter recording the final status of every execution in `health`.
 
-    Cancelled runs count as requests with status CANCELLED (not an error).
+    Cancelled runs count as requests with status CANCELLED (not an error). The adapter
+    carries ``pywork_instruments = ("health", health)``: ``pywork worker --http`` then
+    serves `health` on ``/ready`` instead of adding a HealthCheck of its own.
 
     Raises:
         TypeError: `health` is not a HealthCheck.
@@ -250,4 +252,4 @@ def with_health_check(health: HealthCheck) -> Adapter:
 
         return health_check
 
-    return adapter
+    return mark(adapter, "health", health)

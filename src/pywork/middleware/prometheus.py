@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pywork.job import REQUEST_SIZE, RESPONSE_SIZE, Job
-from pywork.middleware._common import final_status, missing_extra
+from pywork.middleware._common import final_status, mark, missing_extra
 from pywork.types import Adapter, Handler
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ def with_prometheus(
 
         return prometheus
 
-    return adapter
+    return mark(adapter, "prometheus", registry)
 
 
 def _observe(summary: Any, size: Any) -> None:
