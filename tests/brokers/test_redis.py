@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,8 +17,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import pywork
-from pywork import BrokerClosed, BrokerError, BrokerUnavailable, Job, JobState, Status, Worker
-from pywork.brokers import Broker, Outcome
+import pywork.brokers.redis as redis_broker
+from pywork import (
+    BrokerClosed,
+    BrokerError,
+    BrokerUnavailable,
+    Job,
+    JobState,
+    Progress,
+    Status,
+    Worker,
+)
+from pywork.brokers import Broker, Delivery, Outcome
 from pywork.brokers.base import LEASE_EXPIRED
 from pywork.brokers.redis import RedisBroker, _pack
 from pywork.encoding import encode_job
@@ -367,6 +378,147 @@ async def test_wait_and_claim_validate_arguments(broker: RedisBroker) -> None:
         await broker.settle([Outcome(leased, JobState.RUNNING)])
     with pytest.raises(TypeError, match="Job"):
         await broker.enqueue("x")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# results, progress and broker.wait (contract §10)
+# ---------------------------------------------------------------------------------------
+async def _listeners(broker: RedisBroker) -> int:
+    """How many connections listen on the done channel (the scripts publish only then)."""
+    [(_, n)] = await broker._client.pubsub_numsub(f"{broker._p}done")
+    return int(n)
+
+
+async def _waiting_on_done(broker: RedisBroker) -> None:
+    """Until `broker` listens on the done channel, and its waiter sleeps on the event."""
+
+    async def listening() -> bool:
+        return await _listeners(broker) == 1
+
+    await until(listening, 10.0, "the done-channel subscription")
+    await asyncio.sleep(0.3)  # wait() looked again, and sleeps on the notification now
+
+
+async def test_wait_is_woken_by_the_done_notification_well_before_its_next_look(
+    open_redis: OpenRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker, "_DONE_LINGER", 0.2)
+    producer = await open_redis()
+    consumer = await open_redis(producer.prefix)
+    ids = await producer.enqueue_many([Job("x") for _ in range(3)])
+    deliveries = {d.id: d for d in await consumer.claim(["default"], 3, lease=30, max_retries=3)}
+    assert await _listeners(producer) == 0  # nobody waits: nothing is published
+
+    async def succeed(job_id: str) -> None:
+        outcome = Outcome(deliveries[job_id], JobState.SUCCEEDED, Status.SUCCESS, result=b"[1]")
+        assert await consumer.settle([outcome]) == [True]
+
+    async def die(job_id: str) -> None:
+        outcome = Outcome(deliveries[job_id], JobState.DEAD, Status.BAD_REQUEST, "E: e")
+        assert await consumer.settle([outcome]) == [True]
+
+    async def cancel(job_id: str) -> None:
+        assert await consumer.cancel(job_id) is True
+
+    finishes = [succeed, die, cancel]
+    states = [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED]
+    for job_id, finish, state in zip(ids, finishes, states, strict=True):
+        waiting = asyncio.create_task(producer.wait(job_id, timeout=30))
+        await _waiting_on_done(producer)
+        assert not waiting.done()
+        t0 = time.monotonic()
+        await finish(job_id)
+        record = await asyncio.wait_for(waiting, 5.0)
+        # the wait sleeps in 1 s slices: without the notification it would take ~0.7 s
+        assert time.monotonic() - t0 < 0.3
+        assert record.state is state
+    succeeded = await producer.get(ids[0])
+    assert succeeded is not None and succeeded.result == [1]
+
+    async def unsubscribed() -> bool:
+        return await _listeners(producer) == 0
+
+    # the subscription ends a while after the last waiter (the scripts publish no more)
+    await until(unsubscribed, 5.0, "the done channel dropped")
+    assert producer._waker._waiters == {}
+
+
+async def test_many_waiters_share_one_subscription(open_redis: OpenRedis) -> None:
+    producer = await open_redis()
+    consumer = await open_redis(producer.prefix)
+    ids = await producer.enqueue_many([Job("x") for _ in range(20)])
+    waits = [asyncio.create_task(producer.wait(job_id, timeout=30)) for job_id in ids]
+    await _waiting_on_done(producer)
+    deliveries = await consumer.claim(["default"], 20, lease=30, max_retries=3)
+    t0 = time.monotonic()
+    outcomes = [Outcome(d, JobState.SUCCEEDED, Status.SUCCESS) for d in deliveries]
+    assert await consumer.settle(outcomes) == [True] * 20
+    records = await asyncio.wait_for(asyncio.gather(*waits), 5.0)
+    assert time.monotonic() - t0 < 0.5
+    assert [r.id for r in records] == ids and await _listeners(producer) == 1
+
+
+async def test_progress_is_stored_with_held_leases_only_and_results_at_settle(
+    broker: RedisBroker,
+) -> None:
+    first, second = await broker.enqueue_many([Job("x"), Job("x")])
+    a, b = await broker.claim(["default"], 2, lease=30.0, max_retries=3)
+    now = datetime.now(UTC)
+    stale = Delivery(b.id, "999", 1, None)
+    reports = {a.id: Progress(1, 4, "one", now), b.id: Progress(2, 4, "two", now)}
+    assert await broker.renew([a, stale], lease=30.0, progress=reports) == {b.id: "lost"}
+    got_a, got_b = await broker.get(first), await broker.get(second)
+    assert got_a is not None and got_a.progress == reports[a.id]
+    assert got_b is not None and got_b.progress is None  # not stored: the lease is not held
+    # a job settled without result or progress has neither field (old records alike)
+    assert await broker.settle([Outcome(b, JobState.SUCCEEDED, Status.SUCCESS)]) == [True]
+    fields = await broker._client.hkeys(f"{broker._p}job:{second}")
+    assert b"result" not in fields and b"progress" not in fields
+    got_b = await broker.get(second)
+    assert got_b is not None and (got_b.result, got_b.progress) == (None, None)
+    # the result is stored byte for byte; the progress of renew stays unless settle has one
+    raw = b'{"big": 12345678901234567890, "f": 0.1}'
+    assert await broker.settle([Outcome(a, JobState.SUCCEEDED, result=raw)]) == [True]
+    assert await broker._client.hget(f"{broker._p}job:{first}", "result") == raw
+    got_a = await broker.get(first)
+    assert got_a is not None and got_a.progress == reports[a.id]
+    assert got_a.result == {"big": 12345678901234567890, "f": 0.1}
+
+
+async def test_settle_stores_progress_in_every_state(broker: RedisBroker) -> None:
+    ids = await broker.enqueue_many([Job("x") for _ in range(3)])
+    deliveries = await broker.claim(["default"], 3, lease=30.0, max_retries=3)
+    encoded = [f'{{"current": {i}, "updated_at": 1.0}}'.encode() for i in range(3)]
+    outcomes = [
+        Outcome(deliveries[0], JobState.FAILED, Status.UNAVAILABLE, "E: e", 60.0),
+        Outcome(deliveries[1], JobState.QUEUED),
+        Outcome(deliveries[2], JobState.DEAD, Status.BAD_REQUEST, "E: e", result=None),
+    ]
+    for outcome, report in zip(outcomes, encoded, strict=True):
+        outcome.progress = report
+    assert await broker.settle(outcomes) == [True] * 3
+    for i, job_id in enumerate(ids):
+        record = await broker.get(job_id)
+        assert record is not None and record.progress is not None
+        assert record.progress.current == i
+
+
+async def test_a_waiter_survives_a_redis_restart(
+    open_redis: OpenRedis, redis_server: RedisServer
+) -> None:
+    producer = await open_redis()
+    consumer = await open_redis(producer.prefix)
+    job_id = await producer.enqueue(Job("x"))
+    waiting = asyncio.create_task(producer.wait(job_id, timeout=60))
+    await _waiting_on_done(producer)
+    await asyncio.to_thread(redis_server.restart)
+    # it subscribes again, to both channels, by itself
+    await _waiting_on_done(producer)
+    delivery = await claim_one(consumer)
+    t0 = time.monotonic()
+    assert await consumer.settle([Outcome(delivery, JobState.SUCCEEDED)]) == [True]
+    record = await asyncio.wait_for(waiting, 5.0)
+    assert time.monotonic() - t0 < 0.3 and record.state is JobState.SUCCEEDED
 
 
 # ---------------------------------------------------------------------------------------

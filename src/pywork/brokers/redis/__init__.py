@@ -8,13 +8,15 @@ and the reasons for it are in ``docs/brokers-redis.md``; in short, with
 ``P = "{prefix}:"`` (the braces are a Cluster hash tag: every key is in one slot)::
 
     P job:<id>          hash: payload, state, queue, handler, key, mr, attempts, lease,
-                        status, error, enq, start, fin, run, seq (times in epoch ms)
+                        status, error, enq, start, fin, run, seq (times in epoch ms),
+                        result, progress (encoded JSON, when stored)
     P ready:<q>         zset id -> enqueue sequence (claim order: oldest first)
     P scheduled:<q>     zset id -> run_at (ms)          P failed:<q>  id -> retry at (ms)
     P running:<q>       zset id -> lease deadline (ms)  P dead:<q>    id -> died at (ms)
     P succeeded:<q>     zset id -> finished at (ms)     P cancelled:<q>  (same)
     P queues            set of queue names               P keys  hash unique key -> id
     P seq               enqueue sequence counter         P wake  pub/sub channel (queue names)
+    P done              pub/sub channel: JSON arrays of the ids of finished jobs
 
 Times come from the Redis server clock (``TIME``), so consumers on machines with skewed
 clocks agree on lease deadlines and delays; only an absolute ``at=`` comes from the
@@ -31,7 +33,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -80,6 +82,9 @@ _STATE_ARG = {
 _REASONS = {b"cancelled": "cancelled", b"lost": "lost"}
 #: Pauses between tries of an idempotent call whose connection failed (about 3.5 s in all).
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
+#: Seconds the subscription to finished-job notifications outlives its last waiter
+#: (``wait`` looks at the record between two waits: it keeps the subscription).
+_DONE_LINGER = 5.0
 #: Driver errors meaning the server cannot be reached (BrokerUnavailable).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 _encoder = msgspec.json.Encoder()
@@ -154,6 +159,8 @@ def _stored_job(job_id: str, flat: Sequence[bytes]) -> StoredJob | None:
         finished_at=_seconds(get(b"fin")),
         key=_text(get(b"key")),
         run_at=_seconds(get(b"run")),
+        result=get(b"result"),
+        progress=get(b"progress"),
     )
 
 
@@ -230,17 +237,39 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 class _Waker:
-    """One pub/sub subscription per broker: sets `event` when work arrives in a queue of
-    interest. Resubscribes by itself after a disconnect (and then sets `event`, since
-    notifications may have been missed meanwhile)."""
+    """One pub/sub subscription per broker, on one connection.
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    Its channel ``P wake`` sets `event` when work arrives in a queue of interest. While
+    ``wait`` calls are waiting (and :data:`_DONE_LINGER` seconds after), it listens on
+    ``P done`` too, where the scripts that finish jobs publish their ids (only while
+    someone listens: they check ``PUBSUB NUMSUB`` first), and wakes the waiters of those
+    ids. Resubscribes by itself after a disconnect (and then wakes everyone, since
+    notifications may have been missed meanwhile).
+    """
+
+    def __init__(self, client: aioredis.Redis, channel: str, done_channel: str) -> None:
         self.client = client
-        self.channel = channel
+        self.channel = channel.encode()
+        self.done_channel = done_channel.encode()
         self.event = asyncio.Event()
         self.queues: set[bytes] = set()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # the finished-job side; every (un)subscription is sent under `_control`
+        self._control = asyncio.Lock()
+        self._pubsub: Any = None  # the live subscription, None while reconnecting
+        self._waiters: dict[str, set[asyncio.Event]] = {}  # job id -> its waiters' events
+        self._users = 0  # wait_finished calls in progress
+        self._wanted = False  # listen on the done channel (now, and after a reconnect)
+        self._subscribed = False  # the last done-channel command sent was SUBSCRIBE
+        self._sent = 0  # done-channel (un)subscriptions sent on `_pubsub` ...
+        self._acked = 0  # ... and confirmed by the server
+        self._ready = asyncio.Event()  # subscribed to the done channel, confirmed
+        self._generation = 0  # counts the times `_ready` was set
+        self._ready_at = 0.0  # when, on the loop's clock
+        self._looked: dict[str, int] = {}  # job id -> generation its waiter last looked in
+        self._linger: asyncio.TimerHandle | None = None
+        self._chores: set[asyncio.Task[None]] = set()
 
     async def ensure(self, queues: Sequence[str]) -> None:
         """Be subscribed (confirmed by the server) before a claim or wait on `queues`."""
@@ -252,18 +281,137 @@ class _Waker:
                 pubsub = await self._subscribe()  # the first time, errors reach the caller
                 self._task = asyncio.create_task(self._run(pubsub), name="pywork-redis-wake")
 
-    async def _subscribe(self) -> Any:
-        pubsub: Any = self.client.pubsub()
+    async def wait_finished(self, job_id: str, timeout: float) -> None:
+        """Return when `job_id` may have finished, or after `timeout` seconds.
+
+        Returns at once (without waiting for a notification) when the done-channel
+        subscription was confirmed less than a second ago and after this job's previous
+        look: the job may have finished just before it, and the caller looks at the
+        record again (once).
+        """
+        await self.ensure(())
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self._users += 1
         try:
-            await pubsub.subscribe(self.channel)
-            async with asyncio.timeout(10.0):
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "subscribe":
-                        return pubsub
-        except BaseException:
-            await pubsub.aclose()
-            raise
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    if not self._ready.is_set():
+                        # shielded: a send cut short would break the connection
+                        await asyncio.shield(self._want_done())
+                        await self._ready.wait()
+                    fresh = asyncio.get_running_loop().time() - self._ready_at < 1.0
+                    if fresh and self._looked.get(job_id) != self._generation:
+                        self._looked[job_id] = self._generation
+                        return
+                    event = asyncio.Event()
+                    waiters = self._waiters.setdefault(job_id, set())
+                    waiters.add(event)
+                    try:
+                        await event.wait()
+                    finally:
+                        waiters.discard(event)
+                        if not waiters and self._waiters.get(job_id) is waiters:
+                            del self._waiters[job_id]
+        finally:
+            self._users -= 1
+            if not self._users and self._wanted and self._task is not None:
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(_DONE_LINGER, self._linger_over)
+
+    async def _want_done(self) -> None:
+        """Subscribe to the done channel (confirmed later, through `_ready`)."""
+        async with self._control:
+            self._wanted = True
+            pubsub = self._pubsub
+            if pubsub is None or self._subscribed:
+                return  # a reconnect subscribes, or it is done / under way
+            self._subscribed = True
+            self._sent += 1
+            try:
+                await pubsub.subscribe(self.done_channel)
+            except Exception as exc:  # the connection failed: _run resubscribes
+                logger.debug("redis done-channel subscription failed (%s)", exc)
+                if self._pubsub is pubsub:
+                    self._subscribed = False
+                    self._sent -= 1
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        task = asyncio.create_task(self._drop_done(), name="pywork-redis-unsubscribe")
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _drop_done(self) -> None:
+        """Stop listening on the done channel: nobody waited for `_DONE_LINGER` s."""
+        async with self._control:
+            if self._users or not self._wanted:
+                return
+            self._wanted = False
+            pubsub = self._pubsub
+            if pubsub is None or not self._subscribed:
+                return
+            self._subscribed = False
+            self._ready.clear()
+            self._sent += 1
+            try:
+                await pubsub.unsubscribe(self.done_channel)
+            except Exception as exc:  # the connection failed: _run resubscribes
+                logger.debug("redis done-channel unsubscription failed (%s)", exc)
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        """Count the server's confirmations of the done channel's (un)subscriptions."""
+        if message["channel"] != self.done_channel:
+            return
+        if message["type"] in ("subscribe", "unsubscribe"):
+            self._acked += 1
+            if self._acked == self._sent and self._subscribed:
+                self._generation += 1
+                self._ready_at = asyncio.get_running_loop().time()
+                self._looked.clear()
+                self._ready.set()
+
+    def _on_done(self, data: bytes) -> None:
+        if not self._waiters:
+            return
+        for job_id in _decoder.decode(data):
+            for event in self._waiters.get(job_id, ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        self.event.set()
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def _subscribe(self) -> Any:
+        async with self._control:
+            self._pubsub = None
+            self._ready.clear()
+            self._subscribed = self._wanted
+            self._sent = self._acked = 0
+            channels = [self.channel]
+            if self._subscribed:
+                channels.append(self.done_channel)
+                self._sent = 1
+            pubsub: Any = self.client.pubsub()
+            try:
+                await pubsub.subscribe(*channels)
+                async with asyncio.timeout(10.0):
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        if message["channel"] == self.done_channel:
+                            self._on_control(message)
+                        elif message["type"] == "subscribe":
+                            break
+            except BaseException:
+                await pubsub.aclose()
+                raise
+            self._pubsub = pubsub
+            return pubsub
 
     async def _run(self, pubsub: Any) -> None:
         backoff = 0.05
@@ -271,17 +419,25 @@ class _Waker:
             try:
                 if pubsub is None:
                     pubsub = await self._subscribe()
-                    self.event.set()  # we may have missed notifications: look again
+                    self._wake_all()  # we may have missed notifications: look again
                 backoff = 0.05
                 async for message in pubsub.listen():
-                    if message["type"] == "message" and message["data"] in self.queues:
-                        self.event.set()
+                    if message["type"] != "message":
+                        self._on_control(message)
+                    elif message["channel"] == self.channel:
+                        if message["data"] in self.queues:
+                            self.event.set()
+                    else:
+                        self._on_done(message["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 logger.debug("redis wake-up subscription lost (%s); resubscribing", exc)
             except Exception:  # never let wake-ups die: wait() would fall back to timeouts
                 logger.exception("redis wake-up subscription failed; resubscribing")
             finally:
                 if pubsub is not None:
+                    if self._pubsub is pubsub:
+                        self._pubsub = None
+                        self._ready.clear()
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
                     pubsub = None
@@ -289,11 +445,18 @@ class _Waker:
             backoff = min(backoff * 2, 2.0)
 
     async def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        tasks = [*self._chores]
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            tasks.append(self._task)
             self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class RedisBroker(BrokerFront):
@@ -331,7 +494,7 @@ class RedisBroker(BrokerFront):
         self._p = f"{{{prefix}}}:"
         self._keys = [f"{self._p}seq"]
         self._retention_ms = _ms(self.retention)
-        self._waker = _Waker(client, f"{self._p}wake")
+        self._waker = _Waker(client, f"{self._p}wake", f"{self._p}done")
         self._scripts = _Scripts(client)
 
     @classmethod
@@ -502,17 +665,33 @@ class RedisBroker(BrokerFront):
                 await event.wait()
             event.clear()
 
-    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+    async def _wait_for_finish(self, job_id: str, timeout: float) -> None:
+        """Sleep on the ``P done`` notification of `job_id` (see :class:`_Waker`)."""
+        await self._waker.wait_finished(job_id, timeout)
+
+    async def _renew(
+        self, deliveries: Sequence[Delivery], lease: float, progress: Mapping[str, bytes]
+    ) -> dict[str, str]:
         """A lease is "lost" once it was revoked (it expired and a claim took the job back)
         or the record is gone. A lease that ended by its holder's own settle is not
-        reported: nothing was lost, its consumer just has not seen the settle's reply yet."""
+        reported: nothing was lost, its consumer just has not seen the settle's reply yet.
+        The `progress` reports travel in the same script call, stored where the lease is
+        still held."""
         packed = _encoder.encode([part for d in deliveries for part in (d.id, d.token)])
-        flat = await self._run(self._scripts.renew, [_ms(lease), packed], idempotent=True)
+        args: list[Any] = [_ms(lease), packed]
+        for job_id, report in progress.items():
+            args += (job_id, report)
+        flat = await self._run(self._scripts.renew, args, idempotent=True)
         return {flat[i].decode(): _REASONS[flat[i + 1]] for i in range(0, len(flat), 2)}
 
     async def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         rows: list[str | int] = []
-        for outcome in outcomes:
+        extra: list[str | bytes] = []  # "<n>r" / "<n>p", value: the n-th one's result / progress
+        for n, outcome in enumerate(outcomes, 1):
+            if outcome.result is not None:
+                extra += (f"{n}r", outcome.result)
+            if outcome.progress is not None:
+                extra += (f"{n}p", outcome.progress)
             rows += (
                 outcome.delivery.id,
                 outcome.delivery.token,
@@ -522,7 +701,7 @@ class RedisBroker(BrokerFront):
                 _ms(outcome.retry_in or 0.0),
             )
         packed = _encoder.encode(rows)
-        applied: bytes = await self._run(self._scripts.settle, [packed], idempotent=True)
+        applied: bytes = await self._run(self._scripts.settle, [packed, *extra], idempotent=True)
         return [flag == 49 for flag in applied]  # b"1"
 
     # cluster schedules (contract §9) ---------------------------------------------------

@@ -36,6 +36,9 @@ local function later(op, kind, queue, score, id)
   batch[n + 1] = id
   batch.n = n + 1
 end
+-- the ids of the jobs this script finished (succeeded, dead, cancelled), published by
+-- flush() as one JSON array on P done for broker.wait, only while someone listens
+local done = {}
 local function flush()
   for _, batch in ipairs(pending_order) do
     local step = batch.op == 'ZADD' and 1000 or 500
@@ -44,6 +47,13 @@ local function flush()
     end
   end
   pending, pending_order = {}, {}
+  if done[1] then
+    local channel = P .. 'done'
+    if redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
+      redis.call('PUBLISH', channel, cjson.encode(done))
+    end
+    done = {}
+  end
 end
 
 -- put a job in its queue's ready set, waking waiting consumers when the set was empty
@@ -72,16 +82,25 @@ local function drop_key(key, id)
   end
 end
 
--- succeeded / dead / cancelled. `f` = HMGET key, error, run. A record kept for retention
--- is scored so that it lives until max(finish + retention, keep_until): a running job
--- cancelled must outlive its lease, so that its consumer's next renew reads "cancelled".
-local function finish(jk, id, queue, state, status, err, keep_until, f)
+-- succeeded / dead / cancelled. `f` = HMGET key, error, run; `more` = nil or further
+-- {field, value, ...} to set (result, progress). A record kept for retention is scored so
+-- that it lives until max(finish + retention, keep_until): a running job cancelled must
+-- outlive its lease, so that its consumer's next renew reads "cancelled".
+local function finish(jk, id, queue, state, status, err, keep_until, f, more)
   drop_key(f[1], id)
+  done[#done + 1] = id
   if state ~= 'dead' and RET <= 0 and keep_until <= NOW then
     redis.call('DEL', jk)
     return
   end
-  if err ~= '' then
+  if more then
+    local fields = {'HSET', jk, 'state', state, 'fin', NOW}
+    if status ~= '' then fields[#fields + 1] = 'status'; fields[#fields + 1] = status end
+    if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+    for i = 1, #more do fields[#fields + 1] = more[i] end
+    redis.call(unpack(fields))
+    if err == '' and f[2] then redis.call('HDEL', jk, 'error') end
+  elseif err ~= '' then
     if status ~= '' then
       redis.call('HSET', jk, 'state', state, 'fin', NOW, 'status', status, 'error', err)
     else

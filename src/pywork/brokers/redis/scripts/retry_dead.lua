@@ -5,7 +5,7 @@ local f = redis.call('HMGET', jk, 'state', 'queue', 'key')
 if f[1] ~= 'dead' then return 0 end
 local queue, key = f[2], f[3]
 redis.call('ZREM', P .. 'dead:' .. queue, id)
-redis.call('HDEL', jk, 'status', 'error', 'start', 'fin', 'run')
+redis.call('HDEL', jk, 'status', 'error', 'start', 'fin', 'run', 'result', 'progress')
 local seq = next_seq(1) + 1
 redis.call('HSET', jk, 'state', 'queued', 'attempts', 0, 'seq', seq)
 if key and key ~= '' then
