@@ -415,6 +415,225 @@ async def test_expired_records_disappear_and_are_deleted_lazily(
 
 
 # ---------------------------------------------------------------------------------------
+# results, progress and wait(job_id): columns, and the finished channel
+# ---------------------------------------------------------------------------------------
+async def test_a_v2_table_gains_the_result_and_progress_columns(open_pg: OpenPg) -> None:
+    # Given a store made by schema v2 (no result/progress columns), with a job in it
+    broker = await open_pg()
+    job_id = await broker.enqueue(Job("x", {"n": 1}))
+    await sql(broker, "ALTER TABLE {jobs} DROP COLUMN result, DROP COLUMN progress")
+    await sql(broker, f"COMMENT ON TABLE {broker._schema}.jobs IS 'pywork jobs v2'")
+    await broker.close()
+    # When a broker of this version connects
+    broker = await open_pg()
+    # Then the table is migrated and the old job runs and keeps its result
+    assert await sql(broker, "SELECT count(*) FROM {jobs} WHERE result IS NULL") == 1
+    comment = await sql(broker, "SELECT obj_description(to_regclass($1), 'pg_class')",
+                        f"{broker._schema}.jobs")  # fmt: skip
+    assert comment == pg.SCHEMA_VERSION
+    (delivery,) = await claim_all(broker)
+    assert delivery.id == job_id
+    outcome = Outcome(delivery, JobState.SUCCEEDED, Status.SUCCESS, result=b'{"ok":1}')
+    assert await broker.settle([outcome]) == [True]
+    record = await broker.get(job_id)
+    assert record is not None and record.result == {"ok": 1}
+
+
+async def test_progress_is_stored_by_renew_only_where_the_lease_is_held(
+    broker: PostgresBroker,
+) -> None:
+    held, lost = await broker.enqueue(Job("x")), await broker.enqueue(Job("x"))
+    mine, theirs = await claim_all(broker)
+    stale = Delivery(theirs.id, "not-the-token", theirs.attempt, theirs.job)
+    now = datetime.now(UTC)
+    reports = {held: pywork.Progress(1, 2, "half", now), lost: pywork.Progress(9, None, None, now)}
+    assert await broker.renew([mine, stale], lease=30.0, progress=reports) == {lost: "lost"}
+    record = await broker.get(held)
+    assert record is not None and record.progress is not None
+    assert (record.progress.current, record.progress.total, record.progress.message) == (
+        1, 2, "half",
+    )  # fmt: skip
+    other = await broker.get(lost)
+    assert other is not None and other.progress is None
+    assert await broker.renew([mine], lease=30.0) == {}  # no report: the last one stays
+    again = await broker.get(held)
+    assert again is not None and again.progress == record.progress
+
+
+async def _registered(broker: PostgresBroker, job_id: str) -> None:
+    """Register a wait for `job_id` as the front's first call does (and LISTEN)."""
+    await broker._wait_for_finish(job_id, 30.0)
+    assert job_id in broker._finishing
+
+
+async def _woken(broker: PostgresBroker, job_id: str, within: float = 5.0) -> None:
+    """The primitive wait, with a 30 s timeout (no poll), returns within `within` s."""
+    started = time.monotonic()
+    await asyncio.wait_for(broker._wait_for_finish(job_id, 30.0), within)
+    assert time.monotonic() - started < within
+
+
+async def test_wait_is_woken_by_the_finished_notification_not_a_poll(open_pg: OpenPg) -> None:
+    waiter, consumer = await open_pg(), await open_pg(retention=0)
+    done, dead, cancelled, kept = await consumer.enqueue_many([Job("x") for _ in range(4)])
+    for job_id in (done, dead, cancelled, kept):
+        await _registered(waiter, job_id)
+    by_id = {d.id: d for d in await claim_all(consumer)}
+    # succeeded (deleted at once: retention 0), dead, cancelled: each wakes its waiter
+    settling = asyncio.create_task(
+        consumer.settle([
+            Outcome(by_id[done], JobState.SUCCEEDED, Status.SUCCESS, result=b"1"),
+            Outcome(by_id[dead], JobState.DEAD, Status.BAD_REQUEST, error="no"),
+            Outcome(by_id[kept], JobState.FAILED, Status.UNAVAILABLE, retry_in=3600),
+        ])
+    )  # fmt: skip
+    await _woken(waiter, done)
+    await _woken(waiter, dead)
+    assert await settling == [True, True, True]
+    assert await consumer.cancel(cancelled) is True
+    await _woken(waiter, cancelled)
+    # a retry is not a finish: that waiter sleeps on
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(waiter._wait_for_finish(kept, 30.0), 0.5)
+
+
+async def test_wait_returns_within_a_fraction_of_the_poll_after_the_settle(
+    open_pg: OpenPg,
+) -> None:
+    waiter, consumer = await open_pg(), await open_pg()
+    job_id = await consumer.enqueue(Job("x"))
+    waiting = asyncio.create_task(waiter.wait(job_id, timeout=30))
+    await asyncio.sleep(0.3)  # registered, asleep in the front's 1 s slice
+    (delivery,) = await claim_all(consumer)
+    settled = time.monotonic()
+    outcome = Outcome(delivery, JobState.SUCCEEDED, Status.SUCCESS, result=b'"r"')
+    assert await consumer.settle([outcome]) == [True]
+    record = await asyncio.wait_for(waiting, 10.0)
+    assert time.monotonic() - settled < 0.5  # the poll alone would take ~0.7 s more
+    assert record.result == "r"
+    assert waiter._finishing == {}  # nothing left registered
+
+
+async def test_a_death_by_expired_lease_wakes_the_waiter(broker: PostgresBroker) -> None:
+    job_id = await broker.enqueue(Job("x", max_retries=0))
+    await claim_all(broker, lease=0.05)
+    await _registered(broker, job_id)
+    await asyncio.sleep(0.1)
+    assert await claim_all(broker) == []  # takes the lease back: attempts 1 > 0, dead
+    await _woken(broker, job_id)
+    record = await broker.get(job_id)
+    assert record is not None and record.state is JobState.DEAD
+    assert record.status is Status.TIMEOUT
+
+
+async def test_a_settle_of_many_long_ids_still_wakes_every_waiter(broker: PostgresBroker) -> None:
+    # 100 ids of 120 characters do not fit one notification: '*' wakes every waiter
+    long_ids = await broker.enqueue_many([Job("x", id=f"{i:03}" + "x" * 117) for i in range(150)])
+    short_ids = await broker.enqueue_many([Job("x") for _ in range(256)])
+    for job_id in (long_ids[0], long_ids[-1], short_ids[0], short_ids[-1]):
+        await _registered(broker, job_id)
+    claimed = await broker.claim(["default"], 1000, lease=30.0, max_retries=3)
+    outcomes = [Outcome(d, JobState.SUCCEEDED, Status.SUCCESS) for d in claimed]
+    assert await broker.settle(outcomes) == [True] * 406
+    for job_id in (long_ids[0], long_ids[-1], short_ids[0], short_ids[-1]):
+        await _woken(broker, job_id)
+
+
+# ---------------------------------------------------------------------------------------
+# transactional enqueue: connection=
+# ---------------------------------------------------------------------------------------
+async def test_a_job_enqueued_in_a_committed_transaction_runs(open_pg: OpenPg) -> None:
+    broker = await open_pg()
+    await sql(broker, f"CREATE TABLE {broker._schema}.orders (id int PRIMARY KEY)")
+    ran: list[int] = []
+    worker = Worker()
+
+    @worker.handler("order.mail")
+    async def mail(job: Job) -> int:
+        ran.append(job.args["order"])
+        return int(job.args["order"])
+
+    async with consuming(worker, broker):
+        await broker.wait_for_work(["default"], 0.01)  # this broker LISTENs
+        waiting = asyncio.create_task(broker.wait_for_work(["default"], 30.0))
+        conn = await asyncpg.connect(broker._dsn)  # the application's own connection
+        try:
+            async with conn.transaction():
+                await conn.execute(f"INSERT INTO {broker._schema}.orders VALUES (7)")
+                job_id = await broker.enqueue(Job("order.mail", {"order": 7}), connection=conn)
+                # Not visible, nor announced, before the commit
+                assert await broker.get(job_id) is None
+                await asyncio.sleep(0.3)
+                assert not waiting.done() and ran == []
+            committed = time.monotonic()
+            await asyncio.wait_for(waiting, 5.0)  # the NOTIFY came with the commit
+            assert time.monotonic() - committed < 1.0
+        finally:
+            await conn.close()
+        record = await broker.wait(job_id, timeout=20)
+    assert record.state is JobState.SUCCEEDED and record.result == 7 and ran == [7]
+
+
+async def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(
+    broker: PostgresBroker,
+) -> None:
+    await broker.wait_for_work(["default"], 0.01)
+    waiting = asyncio.create_task(broker.wait_for_work(["default"], 1.5))
+    job = Job("x", key="once")
+    with pytest.raises(RuntimeError, match="abort"):
+        async with broker.pool.acquire() as conn, conn.transaction():
+            assert await broker.enqueue(job, connection=conn) == job.id
+            assert await broker.enqueue_many([Job("y")], connection=conn)
+            raise RuntimeError("abort")
+    started = time.monotonic()
+    await asyncio.wait_for(waiting, 10.0)
+    assert time.monotonic() - started > 1.0  # only its timeout ended it: nothing was announced
+    assert await broker.get(job.id) is None and await broker.stats() == {}
+    assert await broker.enqueue(Job("x", key="once")) != job.id  # the key was never taken
+
+
+async def test_enqueue_many_in_a_transaction_is_all_or_nothing_with_the_transaction(
+    broker: PostgresBroker,
+) -> None:
+    holder = await broker.enqueue(Job("x", key="k"))
+    jobs = [Job("x", {"i": i}) for i in range(3)] + [Job("x", key="k")]
+    async with broker.pool.acquire() as conn:
+        async with conn.transaction():
+            ids = await broker.enqueue_many(jobs, connection=conn)
+            # the connection sees its own jobs; the key held outside is honoured
+            assert ids == [*(j.id for j in jobs[:3]), holder]
+            assert await conn.fetchval(f"SELECT count(*) FROM {broker._schema}.jobs") == 4
+            assert (await broker.stats())["default"].queued == 1  # others: not yet
+        assert (await broker.stats())["default"].queued == 4
+        # outside a transaction the connection commits each call on its own
+        single = await broker.enqueue(Job("x"), connection=conn)
+    record = await broker.get(single)
+    assert record is not None and record.state is JobState.QUEUED
+
+
+async def test_connection_must_be_asyncpg_and_a_duplicate_id_is_the_usual_value_error(
+    broker: PostgresBroker,
+) -> None:
+    for wrong in (object(), broker.pool, "postgresql://x"):
+        with pytest.raises(TypeError, match="connection"):
+            await broker.enqueue(Job("x"), connection=wrong)
+        with pytest.raises(TypeError, match="connection"):
+            await broker.enqueue_many([Job("x")], connection=wrong)
+    taken = await broker.enqueue(Job("x"))
+    first = Job("x")
+    async with broker.pool.acquire() as conn:
+        with pytest.raises(ValueError, match="already stored"):
+            async with conn.transaction():
+                await broker.enqueue(first, connection=conn)
+                await broker.enqueue(Job("x", id=taken), connection=conn)
+        with pytest.raises(ValueError, match="already stored"):
+            async with conn.transaction():
+                await broker.enqueue_many([Job("x"), Job("x", id=taken)], connection=conn)
+    assert await broker.get(first.id) is None  # rolled back with the transaction
+    assert (await broker.stats())["default"].queued == 1
+
+
+# ---------------------------------------------------------------------------------------
 # a PostgreSQL restart
 # ---------------------------------------------------------------------------------------
 @pytest.mark.slow

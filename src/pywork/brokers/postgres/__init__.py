@@ -20,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from pywork.brokers.base import (
     LEASE_EXPIRED,
@@ -48,6 +50,8 @@ from pywork.status import Status
 __all__ = ["PostgresBroker"]
 
 T = TypeVar("T")
+#: Where the statements of an enqueue go: the broker's pool or the caller's connection.
+_Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 #: Default schema of the jobs table.
 DEFAULT_SCHEMA = "pywork"
@@ -59,13 +63,17 @@ PURGE_EVERY = 2.0
 PURGE_BATCH = 10_000
 #: Marker stored as the jobs table's comment once the DDL is complete (bump on schema
 #: changes: a connect finding an older marker runs the idempotent DDL again).
-SCHEMA_VERSION = "pywork jobs v2"
+SCHEMA_VERSION = "pywork jobs v3"
+#: Seconds a ``broker.wait`` registration outlives its last use (a wait that timed out).
+FINISH_WAITER_TTL = 10.0
 
 _TIMEOUT = int(Status.TIMEOUT)
 #: Entries of queries.sql spliced into the others, not statements of their own.
 _FRAGMENTS = ("job_columns", "insert_jobs")
 #: Driver errors meaning the server cannot be reached (down, restarting, refusing).
 #: OSError covers refused connections, socket errors and connect timeouts.
+#: What :meth:`PostgresBroker._store_on` takes: an asyncpg connection or a pool's proxy.
+_CONNECTIONS = (asyncpg.Connection, PoolConnectionProxy)
 _UNREACHABLE = (
     OSError,
     asyncpg.PostgresConnectionError,  # class 08 (but a protocol violation is a bug)
@@ -129,11 +137,27 @@ class _Waiter:
             self.future.set_result(None)
 
 
-def _channel(schema: str) -> str:
-    """The NOTIFY channel of `schema`: an identifier, so at most 63 bytes."""
-    channel = f"pywork.{schema}"
+class _Finish:
+    """The registration of ``broker.wait(job_id)`` calls for one job: woken by a
+    notification on the finished channel; kept across the front's polls of the job."""
+
+    __slots__ = ("future", "touched")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.touched = time.monotonic()
+
+    def wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+def _channel(schema: str, prefix: str = "pywork.") -> str:
+    """The NOTIFY channel of `schema` (`prefix` "pywork-done." for finished jobs): an
+    identifier, so at most 63 bytes."""
+    channel = prefix + schema
     if len(channel.encode()) > 63:
-        channel = "pywork." + hashlib.sha256(schema.encode()).hexdigest()[:40]
+        channel = prefix + hashlib.sha256(schema.encode()).hexdigest()[:40]
     return channel
 
 
@@ -211,10 +235,14 @@ class PostgresBroker(BrokerFront):
         self._pool: asyncpg.Pool | None = None
         self._schema = quote_ident(schema)
         self._channel = _channel(schema)
+        self._finished = _channel(schema, "pywork-done.")
         self._sql = _queries(self._schema)
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
         self._waiters: set[_Waiter] = set()
+        self._finishing: dict[str, _Finish] = {}  # job id -> its broker.wait callers
+        self._want_finished = False  # LISTEN on the finished channel too (once waited)
+        self._finished_on: asyncpg.Connection | None = None  # the listener doing so
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_purge = 0.0
 
@@ -303,8 +331,7 @@ class PostgresBroker(BrokerFront):
     async def _close(self) -> None:
         """Close the LISTEN connection and the pool (waiting up to 10 s for connections in
         use)."""
-        for waiter in list(self._waiters):
-            waiter.wake()
+        self._wake_all()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10.0)
         listener, self._listener = self._listener, None
@@ -321,42 +348,55 @@ class PostgresBroker(BrokerFront):
 
     # producer side -------------------------------------------------------------------
     async def _store(self, jobs: list[NewJob]) -> list[str]:
+        return await self._insert(self._db, jobs)
+
+    async def _store_on(self, connection: Any, jobs: list[NewJob]) -> list[str]:
+        """The statements of :meth:`_store`, sent on the caller's `connection`: inside its
+        transaction (if one is open), NOTIFY included, which PostgreSQL delivers at the
+        commit and drops on a rollback. A duplicate id fails the statement, and so, as
+        any failed statement, aborts that transaction."""
+        if not isinstance(connection, _CONNECTIONS):
+            raise TypeError(
+                "connection must be an asyncpg connection (asyncpg.connect() or "
+                f"pool.acquire()), got {connection!r}"
+            )
+        return await self._insert(connection, jobs)
+
+    async def _insert(self, db: _Db, jobs: list[NewJob]) -> list[str]:
         try:
             if len(jobs) == 1:
-                return [await self._store_one(jobs[0])]
-            return await self._store_many(jobs)
+                return [await self._insert_one(db, jobs[0])]
+            return await self._insert_many(db, jobs)
         except asyncpg.UniqueViolationError as exc:
             raise _duplicate(exc, jobs) from exc
 
-    async def _store_one(self, job: NewJob) -> str:
-        pool = self._db
+    async def _insert_one(self, db: _Db, job: NewJob) -> str:
         for _ in range(10):
             # NewJob's fields are the statement's parameters, in order
-            row = await pool.fetchrow(self._sql["enqueue"], *job, self._channel)
+            row = await db.fetchrow(self._sql["enqueue"], *job, self._channel)
             if row is not None:
                 job_id: str = row[0]
                 return job_id
-            holder = await pool.fetchrow(self._sql["key_holders"], [job.key])
+            holder = await db.fetchrow(self._sql["key_holders"], [job.key])
             if holder is not None:
                 held: str = holder["id"]
                 return held
             # the holder finished between the two statements: the key is free, try again
         raise RuntimeError(f"could not enqueue {job.id!r}: its key {job.key!r} kept changing hands")
 
-    async def _store_many(self, jobs: list[NewJob]) -> list[str]:
-        pool = self._db
-        rows = await pool.fetch(self._sql["enqueue_many"], *_columns(jobs), self._channel)
+    async def _insert_many(self, db: _Db, jobs: list[NewJob]) -> list[str]:
+        rows = await db.fetch(self._sql["enqueue_many"], *_columns(jobs), self._channel)
         ids = [job.id for job in jobs]
         if len(rows) == len(jobs):
             return ids
         stored = {row[0] for row in rows}
         missing = [i for i, job_id in enumerate(ids) if job_id not in stored]
         keys = list({jobs[i].key for i in missing if jobs[i].key is not None})
-        holders = {r["key"]: r["id"] for r in await pool.fetch(self._sql["key_holders"], keys)}
+        holders = {r["key"]: r["id"] for r in await db.fetch(self._sql["key_holders"], keys)}
         for i in missing:
             holder = holders.get(jobs[i].key)
             # a holder that finished in between: store this job on its own
-            ids[i] = holder if holder is not None else await self._store_one(jobs[i])
+            ids[i] = holder if holder is not None else await self._insert_one(db, jobs[i])
         return ids
 
     async def _get(self, job_id: str) -> StoredJob | None:
@@ -364,7 +404,8 @@ class PostgresBroker(BrokerFront):
         return None if row is None else StoredJob(*row)
 
     async def _cancel(self, job_id: str) -> bool:
-        return bool(await self._db.fetchval(self._sql["cancel"], job_id, self.retention))
+        row = await self._db.fetchrow(self._sql["cancel"], job_id, self.retention, self._finished)
+        return row is not None and bool(row[0])
 
     async def _stats(self) -> dict[str, QueueStats]:
         counts: dict[str, dict[str, int]] = {}
@@ -397,7 +438,15 @@ class PostgresBroker(BrokerFront):
         pool = self._db
         token = os.urandom(8).hex()
         claim = pool.fetch(
-            self._sql["claim"], queues, limit, max_retries, token, lease, _TIMEOUT, *LEASE_EXPIRED
+            self._sql["claim"],
+            queues,
+            limit,
+            max_retries,
+            token,
+            lease,
+            _TIMEOUT,
+            *LEASE_EXPIRED,
+            self._finished,
         )
         now = time.monotonic()
         if now - self._last_purge >= PURGE_EVERY:
@@ -407,7 +456,11 @@ class PostgresBroker(BrokerFront):
             )
         else:
             rows = await claim
-        return [Claimed(job_id, token, attempt, payload) for job_id, attempt, payload in rows]
+        return [
+            Claimed(job_id, token, attempt, payload)
+            for job_id, attempt, payload, dead, _ in rows
+            if not dead  # died of an expired lease instead (the finished channel was told)
+        ]
 
     async def _wait_for_work(self, queues: list[str], timeout: float) -> None:
         """Sleep on a NOTIFY from the LISTEN connection, bounded by the next due time or
@@ -447,29 +500,40 @@ class PostgresBroker(BrokerFront):
         if not task.cancelled():
             task.exception()  # retrieved: its awaiter (if still there) got it too
 
-    async def _listen(self) -> None:
-        """Open the LISTEN connection unless it is open (again after a server restart)."""
-        if self._listener is not None and not self._listener.is_closed():
+    async def _listen(self, finished: bool = False) -> None:
+        """Open the LISTEN connection unless it is open (again after a server restart);
+        with `finished`, listen on the finished channel too, from now on."""
+        if finished:
+            self._want_finished = True
+        listener = self._listener
+        if (
+            listener is not None
+            and not listener.is_closed()
+            and (not self._want_finished or self._finished_on is listener)
+        ):
             return
         async with self._listen_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            self._listener = None
-            named = "application_name=" in urlsplit(self._dsn).query
-            conn = await asyncpg.connect(
-                self._dsn,
-                server_settings=None if named else {"application_name": "pywork-listen"},
-            )
-            try:
-                await conn.add_listener(self._channel, self._notified)
-            except BaseException:
-                conn.terminate()
-                raise
-            conn.add_termination_listener(self._listener_lost)
-            if self._closed:
-                await conn.close()
-                return
-            self._listener = conn
+            listener = self._listener
+            if listener is None or listener.is_closed():
+                self._listener = listener = None
+                named = "application_name=" in urlsplit(self._dsn).query
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    server_settings=None if named else {"application_name": "pywork-listen"},
+                )
+                try:
+                    await conn.add_listener(self._channel, self._notified)
+                except BaseException:
+                    conn.terminate()
+                    raise
+                conn.add_termination_listener(self._listener_lost)
+                if self._closed:
+                    await conn.close()
+                    return
+                self._listener = listener = conn
+            if self._want_finished and self._finished_on is not listener:
+                await listener.add_listener(self._finished, self._notified_finished)
+                self._finished_on = listener
 
     def _notified(self, connection: object, pid: int, channel: str, payload: object) -> None:
         queue = str(payload)
@@ -477,17 +541,65 @@ class PostgresBroker(BrokerFront):
             if queue in waiter.queues:
                 waiter.wake()
 
+    def _notified_finished(
+        self, connection: object, pid: int, channel: str, payload: object
+    ) -> None:
+        if not self._finishing:
+            return
+        if payload == "*":  # too many long ids for one notification: everyone looks
+            self._wake_all()
+            return
+        for job_id in json.loads(str(payload)):
+            finish = self._finishing.get(job_id)
+            if finish is not None:
+                finish.wake()
+
     def _listener_lost(self, connection: object) -> None:
         # NOTIFYs sent while it is down are lost: wake every waiter so it reads the table
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         for waiter in list(self._waiters):
             waiter.wake()
+        for finish in list(self._finishing.values()):
+            finish.wake()
 
-    async def _renew(self, deliveries: Sequence[Delivery], lease: float) -> dict[str, str]:
+    async def _wait_for_finish(self, job_id: str, timeout: float) -> None:
+        """Sleep until the finished channel names `job_id` (or '*'), the LISTEN
+        connection drops, or `timeout` passes.
+
+        The front reads the job, then calls this, again and again: the registration is
+        kept from one call to the next, so a notification arriving while the front reads
+        is not missed. The first call only registers and LISTENs, then returns at once:
+        the front's next read sees any finish that came before.
+        """
+        finish = self._finishing.get(job_id)
+        if finish is None:
+            now = time.monotonic()
+            for stale_id, stale in list(self._finishing.items()):
+                if now - stale.touched > FINISH_WAITER_TTL:  # a wait that ended otherwise
+                    del self._finishing[stale_id]
+            self._finishing[job_id] = _Finish()
+            await asyncio.shield(self._spawn(self._listen(finished=True)))
+            return
+        finish.touched = time.monotonic()
+        if not finish.future.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(finish.future), timeout)
+            except TimeoutError:
+                return
+        if self._finishing.get(job_id) is finish:
+            del self._finishing[job_id]  # woken: the front reads the job, then asks again
+
+    async def _renew(
+        self, deliveries: Sequence[Delivery], lease: float, progress: Mapping[str, bytes]
+    ) -> dict[str, str]:
         rows = await self._db.fetch(
             self._sql["renew"],
             [d.id for d in deliveries],
             [d.token for d in deliveries],
             lease,
+            [progress.get(d.id) for d in deliveries],
         )
         lost: dict[str, str] = {}
         for job_id, state, mine in rows:
@@ -515,6 +627,9 @@ class PostgresBroker(BrokerFront):
             [o.retry_in for o in batch],
             self.retention,
             self._channel,
+            [o.result for o in batch],
+            [o.progress for o in batch],
+            self._finished,
         )
         applied = {row[0] for row in rows}
         result: list[bool] = []

@@ -15,7 +15,8 @@ extract(epoch FROM enqueued_at)::float8 AS enqueued_at,
 extract(epoch FROM started_at)::float8 AS started_at,
 extract(epoch FROM finished_at)::float8 AS finished_at,
 key,
-extract(epoch FROM run_at)::float8 AS run_at
+extract(epoch FROM run_at)::float8 AS run_at,
+result, progress
 
 
 -- name: insert_jobs
@@ -74,8 +75,9 @@ WHERE id = $1 AND (purge_at IS NULL OR purge_at > now())
 
 
 -- name: cancel
--- $1 id, $2 retention (seconds). A waiting job is deleted when the retention is 0; a
--- running one is kept until its lease ends, so its consumer learns of it on renew.
+-- $1 id, $2 retention (seconds), $3 the finished channel (told the id when cancelled). A
+-- waiting job is deleted when the retention is 0; a running one is kept until its lease
+-- ends, so its consumer learns of it on renew.
 WITH gone AS (
     DELETE FROM {schema}.jobs
     WHERE id = $1 AND state IN ('queued', 'scheduled', 'failed') AND $2::float8 = 0
@@ -90,7 +92,8 @@ WITH gone AS (
       AND NOT ($2::float8 = 0 AND state <> 'running')
     RETURNING id
 )
-SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM upd)
+SELECT n, CASE WHEN n > 0 THEN pg_notify($3, json_build_array($1::text)::text)::text END
+FROM (SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM upd) AS n) c
 
 
 -- name: stats
@@ -115,6 +118,7 @@ ORDER BY finished_at, seq LIMIT $2
 UPDATE {schema}.jobs j SET
     state = 'queued', attempts = 0, status = NULL, error = NULL, token = NULL,
     lease_until = NULL, started_at = NULL, finished_at = NULL, run_at = now(),
+    result = NULL, progress = NULL,
     key = CASE WHEN $2 AND NOT EXISTS (
         SELECT 1 FROM {schema}.jobs o
         WHERE o.key = j.key AND o.state IN ('queued', 'scheduled', 'running', 'failed')
@@ -141,10 +145,11 @@ DELETE FROM {schema}.jobs WHERE id IN (
 
 -- name: claim
 -- $1 queues, $2 limit, $3 max_retries (for jobs without their own), $4 token, $5 lease
--- (seconds), $6 the TIMEOUT status, $7 and $8 the two parts of the lease-expired error.
--- Expired leases come first, then ready jobs in the order they became ready. An expired
--- lease over its retries dies (TIMEOUT) instead of being claimed again; only the claimed
--- rows are returned, in claim order.
+-- (seconds), $6 the TIMEOUT status, $7 and $8 the two parts of the lease-expired error,
+-- $9 the finished channel. Expired leases come first, then ready jobs in the order they
+-- became ready. An expired lease over its retries dies (TIMEOUT) instead of being claimed
+-- again, and its id is sent on the finished channel (at most $2 ids: one notification);
+-- the rows come back in claim order, the dead ones flagged (their caller skips them).
 WITH q AS (SELECT DISTINCT unnest($1::text[]) AS queue),
 expired AS MATERIALIZED (
     SELECT x.id, x.lease_until, x.attempts > coalesce(x.max_retries, $3) AS dead
@@ -187,16 +192,23 @@ upd AS (
     WHERE j.id = p.id
     RETURNING j.id, j.attempts, j.payload, p.dead, p.n
 )
-SELECT id, attempts, payload FROM upd WHERE NOT dead ORDER BY n
+SELECT id, attempts, payload, dead,
+       (SELECT count(pg_notify($9, CASE WHEN octet_length(d.ids) <= 7900 THEN d.ids
+                                        ELSE '*' END))
+        FROM (SELECT json_agg(id)::text AS ids FROM upd WHERE dead) d
+        WHERE d.ids IS NOT NULL) AS finished
+FROM upd ORDER BY n
 
 
 -- name: renew
--- $1 ids, $2 tokens, $3 lease (seconds). Returns the rows not extended, with their state
--- and whether the token is still theirs.
+-- $1 ids, $2 tokens, $3 lease (seconds), $4 progress (encoded JSON, NULL: no report).
+-- Extends the leases still held and stores their progress reports. Returns the rows not
+-- extended, with their state and whether the token is still theirs.
 WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) AS r(id, token)
+    SELECT * FROM unnest($1::text[], $2::text[], $4::bytea[]) AS r(id, token, progress)
 ), upd AS (
-    UPDATE {schema}.jobs j SET lease_until = now() + $3 * interval '1 second'
+    UPDATE {schema}.jobs j SET lease_until = now() + $3 * interval '1 second',
+                               progress = coalesce(r.progress, j.progress)
     FROM r
     WHERE j.id = r.id AND j.token = r.token AND j.state = 'running'
     RETURNING j.id, j.token
@@ -208,12 +220,15 @@ WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = r.id AND upd.token = r.token)
 
 -- name: settle
 -- $1 ids, $2 tokens, $3 states, $4 statuses, $5 errors, $6 retry delays (seconds), $7
--- retention (seconds), $8 the NOTIFY channel. Each row only if its token still holds it;
--- returns the ids applied.
+-- retention (seconds), $8 the NOTIFY channel, $9 results and $10 progress (encoded JSON
+-- or NULL), $11 the finished channel. Each row only if its token still holds it; returns
+-- the ids applied. Failed and released jobs wake consumers of their queues; the ids of
+-- finished jobs (succeeded, dead) wake broker.wait, a JSON array per 100 of them ('*' if
+-- that would not fit a notification's 8000 bytes).
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[],
-                         $5::text[], $6::float8[])
-        AS o(id, token, state, status, error, retry_in)
+                         $5::text[], $6::float8[], $9::bytea[], $10::bytea[])
+        AS o(id, token, state, status, error, retry_in, result, progress)
 ), gone AS (
     DELETE FROM {schema}.jobs j USING o
     WHERE $7::float8 = 0 AND o.state = 'succeeded'
@@ -234,15 +249,25 @@ WITH o AS (
             ELSE j.run_at END,
         finished_at = CASE WHEN o.state IN ('succeeded', 'dead') THEN now()
                            ELSE j.finished_at END,
-        purge_at = CASE WHEN o.state = 'succeeded' THEN now() + $7 * interval '1 second' END
+        purge_at = CASE WHEN o.state = 'succeeded' THEN now() + $7 * interval '1 second' END,
+        result = CASE WHEN o.state = 'succeeded' THEN o.result ELSE j.result END,
+        progress = coalesce(o.progress, j.progress)
     FROM o
     WHERE NOT ($7::float8 = 0 AND o.state = 'succeeded')
       AND j.id = o.id AND j.token = o.token AND j.state = 'running'
     RETURNING j.id, j.queue, o.state
+), finished AS (
+    SELECT id FROM gone UNION ALL SELECT id FROM done WHERE state IN ('succeeded', 'dead')
 )
 SELECT id, (SELECT count(pg_notify($8, w.queue))
             FROM (SELECT DISTINCT queue FROM done WHERE state IN ('failed', 'queued')) w)
-           AS notified
+           AS notified,
+       (SELECT count(pg_notify($11, CASE WHEN octet_length(c.ids) <= 7900 THEN c.ids
+                                         ELSE '*' END))
+        FROM (SELECT json_agg(f.id)::text AS ids
+              FROM (SELECT id, (row_number() OVER ()) / 100 AS chunk FROM finished) f
+              GROUP BY f.chunk) c)
+           AS finished
 FROM (SELECT id FROM gone UNION ALL SELECT id FROM done) a
 
 

@@ -27,8 +27,14 @@ CREATE TABLE IF NOT EXISTS {schema}.jobs (
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz,
     finished_at timestamptz,
-    purge_at timestamptz
+    purge_at timestamptz,
+    result bytea,
+    progress bytea
 );
+
+-- results and progress (v3): a table made by v1 or v2 gains them
+ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS result bytea;
+ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS progress bytea;
 
 -- claim: per queue, the ready and due jobs in the order they became ready
 CREATE INDEX IF NOT EXISTS jobs_ready ON {schema}.jobs (queue, run_at, seq)
