@@ -135,6 +135,11 @@ async def test_url_options_are_validated_and_not_sent_to_the_server(
         await broker.enqueue(Job("x"))
         assert await sql(broker, "SELECT count(*) FROM {jobs}") == 1
         assert broker.pool.get_max_size() == 2
+        twin = await broker.twin()  # the lease-renewal thread's: one connection is enough
+        try:
+            assert twin.schema == "Mixed-Case" and twin.pool.get_max_size() == 1
+        finally:
+            await twin.close()
         assert await sql(broker, "SELECT current_setting('application_name')") == "x"
 
 

@@ -265,6 +265,14 @@ class PostgresBroker(BrokerFront):
         await broker.open()
         return broker
 
+    async def twin(self) -> PostgresBroker:
+        """A broker on the same schema with a pool of one connection, for the consumer's
+        lease-renewal thread (renewals are one statement at a time)."""
+        twin = type(self)(self.url, retention=self.retention)
+        twin._pool_size = 1
+        await twin.open()
+        return twin
+
     def _map_error(self, exc: Exception) -> BrokerError | None:
         if isinstance(exc, _UNREACHABLE) and not isinstance(exc, asyncpg.ProtocolViolationError):
             unreachable = True
