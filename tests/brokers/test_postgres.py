@@ -689,3 +689,17 @@ async def _retrying(call: Callable[[], Awaitable[list[str]]]) -> list[str]:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await asyncio.sleep(0.1)
     return await call()
+
+
+async def test_a_running_row_without_a_lease_expiry_is_reclaimed(broker: PostgresBroker) -> None:
+    # Given a job whose running row lost its lease expiry (a hand edit, an old writer)
+    job_id = await broker.enqueue(Job("x"))
+    (delivery,) = await broker.claim(["default"], 1, lease=30.0, max_retries=3)
+    await sql(broker, "UPDATE {jobs} SET lease_until = NULL WHERE id = $1", job_id)
+    # When a consumer runs, it takes the job back and runs it
+    worker = Worker()
+    worker.register("x", lambda job: None)
+    async with consuming(worker, broker):
+        record = await record_in(broker, job_id)
+    assert (record.state, record.attempts) == (JobState.SUCCEEDED, 2)
+    assert delivery.attempt == 1

@@ -155,7 +155,8 @@ expired AS MATERIALIZED (
     SELECT x.id, x.lease_until, x.attempts > coalesce(x.max_retries, $3) AS dead
     FROM q, LATERAL (
         SELECT j.id, j.lease_until, j.attempts, j.max_retries FROM {schema}.jobs j
-        WHERE j.queue = q.queue AND j.state = 'running' AND j.lease_until <= now()
+        WHERE j.queue = q.queue AND j.state = 'running'
+          AND (j.lease_until <= now() OR j.lease_until IS NULL)  -- NULL: a bad write
         ORDER BY j.lease_until LIMIT $2
         FOR UPDATE SKIP LOCKED
     ) x
