@@ -3,7 +3,9 @@ among valid jobs, on every backend (issue 11). Reads report them; claims run the
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import sys
 from urllib.parse import urlsplit
 
 import pytest
@@ -60,6 +62,16 @@ async def test_a_dead_record_with_an_unknown_status_is_reported_not_fatal(
     assert set(dead) == set(ids) and dead[ids[0]].status is Status.BAD_REQUEST
     assert dead[ids[1]].status is None
     assert (await broker.stats())["default"].dead == 3
+    if backend != "memory":  # the CLI's read commands report it too (memory is per process)
+        for command in (["dead", "list", "--json"], ["queues", "--json"], ["status", ids[1]]):
+            done = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pywork", *command, "--broker", broker.url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await done.communicate()
+            assert out, command
+            assert done.returncode == 0, (command, err)
+            assert b"Traceback" not in err
 
 
 async def test_a_huge_error_is_stored_cut(broker: Broker) -> None:
