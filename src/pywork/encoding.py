@@ -42,6 +42,9 @@ class DecodeError(ValueError):
 MAX_DEPTH = 200
 
 
+_TOO_DEEP = f"nests deeper than {MAX_DEPTH} levels, more than a decoder reads back"
+
+
 class _Invalid(Exception):
     """Raised inside :func:`check_json`'s walk; the key path is collected on the way out."""
 
@@ -51,15 +54,9 @@ class _Invalid(Exception):
 
 
 def _walk(value: Any, depth: int) -> None:
-    if isinstance(value, _SCALARS):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Invalid(f"is {value!r}: JSON has no NaN or infinity")
-        return
-    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
-        raise _Invalid(f"nests deeper than {MAX_DEPTH} levels, more than a decoder reads back")
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # first: args and headers are dicts
+        if depth >= MAX_DEPTH:
+            raise _Invalid(_TOO_DEEP)
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Invalid(f"has a key {key!r} of type {type(key).__name__}: JSON keys are str")
@@ -71,6 +68,8 @@ def _walk(value: Any, depth: int) -> None:
                     raise
         return
     if isinstance(value, list | tuple):
+        if depth >= MAX_DEPTH:
+            raise _Invalid(_TOO_DEEP)
         for index, item in enumerate(value):
             if not isinstance(item, _SCALARS):
                 try:
@@ -78,6 +77,12 @@ def _walk(value: Any, depth: int) -> None:
                 except _Invalid as exc:
                     exc.parts.append(f"[{index}]")
                     raise
+        return
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(f"is {value!r}: JSON has no NaN or infinity")
         return
     raise _Invalid(
         f"is a {type(value).__name__} ({value!r:.60}), which a durable queue cannot "
