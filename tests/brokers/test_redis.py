@@ -639,11 +639,11 @@ async def test_a_running_job_that_loses_its_queue_wedges_no_settle_or_renew(
     assert record is not None and record.state is JobState.RUNNING
 
     # its lease expires; the claim that takes it back (it knows the queue) settles it dead
-    async def dead() -> bool:
+    async def died() -> bool:
         assert await broker.claim(["default"], 5, lease=30.0, max_retries=3) == []
         return await _dead_count(broker, 1)
 
-    await until(dead, what="queue-less record dead")
+    await until(died, what="queue-less record dead")
     (dead,) = await broker.dead_letters()
     assert (dead.id, dead.status) == (ids[2], Status.BAD_REQUEST)
     assert dead.error is not None and "no queue" in dead.error
@@ -655,10 +655,12 @@ async def test_a_job_id_that_is_not_utf8_is_dead_and_its_batch_runs(broker: Redi
     ids = await broker.enqueue_many([Job("x") for _ in range(50)])
     # a copy of a valid record under an id that is not UTF-8, in the middle of the queue
     client, p = broker._client, broker._p.encode()
-    fields = await client.hgetall(f"{broker._p}job:{ids[25]}")
+    stored = await client.hgetall(f"{broker._p}job:{ids[25]}")
+    fields = [part for pair in stored.items() for part in pair]
     bad = b"bad\xff\xfeid"
-    await client.hset(p + b"job:" + bad, mapping=fields)
+    await client.hset(p + b"job:" + bad, items=fields)
     seq = await client.zscore(f"{broker._p}ready:default", ids[25])
+    assert seq is not None
     await client.zadd(f"{broker._p}ready:default", {bad: seq})
     shown = bad.decode(errors="backslashreplace")
     # (reads show it escaped: get() by that text finds nothing)

@@ -153,7 +153,8 @@ def _stored_job(job_id: str, flat: Sequence[bytes]) -> StoredJob | None:
         try:
             return int(value)
         except ValueError:
-            problems.append(f"field {name.decode()!r} is not a number: {_text(value)[:50]!r}")
+            shown = value[:50].decode(errors="backslashreplace")
+            problems.append(f"field {name.decode()!r} is not a number: {shown!r}")
             return None
 
     def seconds(name: bytes) -> float | None:
