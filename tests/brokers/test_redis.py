@@ -308,7 +308,8 @@ async def test_retention_cleanup_deletes_the_records(open_redis: OpenRedis) -> N
         return all([await broker.get(job_id) is None for job_id in ids])
 
     await until(deleted, 10.0, "records past retention deleted")
-    assert (await broker.stats())["default"].succeeded == 0
+    # nothing succeeded is counted: the emptied queue's name went with its last record
+    assert "default" not in await broker.stats()
     keys = await _keys(broker)
     assert not [k for k in keys if ":job:" in k or ":succeeded:" in k]
 
