@@ -129,39 +129,63 @@ def _ms(seconds: float) -> int:
     return math.ceil(seconds * 1000.0)
 
 
-def _seconds(value: bytes | None) -> float | None:
-    """A stored epoch-ms time as epoch seconds (None when not set)."""
-    return int(value) / 1000.0 if value else None
-
-
 def _text(value: bytes | None) -> str | None:
-    return value.decode() if value else None
+    """Stored text (bytes that are not UTF-8, written by something else, shown escaped)."""
+    return value.decode(errors="backslashreplace") if value else None
 
 
 def _stored_job(job_id: str, flat: Sequence[bytes]) -> StoredJob | None:
-    """The StoredJob of a job hash's HGETALL reply (None when empty: unknown)."""
+    """The StoredJob of a job hash's HGETALL reply (None when empty: unknown).
+
+    A record written by something else is reported, never fatal: a missing state reads
+    as ``""`` and a field that is not a number as unset, each named in the error.
+    """
     if not flat:
         return None
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     get = fields.get
-    status = get(b"status")
-    return StoredJob(
+    problems: list[str] = []
+
+    def number(name: bytes) -> int | None:
+        value = get(name)
+        if not value:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            shown = value[:50].decode(errors="backslashreplace")
+            problems.append(f"field {name.decode()!r} is not a number: {shown!r}")
+            return None
+
+    def seconds(name: bytes) -> float | None:
+        value = number(name)
+        return None if value is None else value / 1000.0
+
+    state = get(b"state")
+    if state is None:
+        problems.append("no state field")
+    error = _text(get(b"error"))
+    job = StoredJob(
         id=job_id,
         handler=_text(get(b"handler")) or "",
         queue=_text(get(b"queue")) or "",
         payload=get(b"payload", b""),
-        state=fields[b"state"].decode(),
-        status=int(status) if status else None,
-        attempts=int(get(b"attempts") or 0),
-        error=_text(get(b"error")),
-        enqueued_at=_seconds(get(b"enq")) or 0.0,
-        started_at=_seconds(get(b"start")),
-        finished_at=_seconds(get(b"fin")),
+        state=_text(state) or "",
+        status=number(b"status"),
+        attempts=number(b"attempts") or 0,
+        error=error,
+        enqueued_at=seconds(b"enq") or 0.0,
+        started_at=seconds(b"start"),
+        finished_at=seconds(b"fin"),
         key=_text(get(b"key")),
-        run_at=_seconds(get(b"run")),
+        run_at=seconds(b"run"),
         result=get(b"result"),
         progress=get(b"progress"),
     )
+    if problems:
+        note = f"[bad stored record: {'; '.join(problems)}]"
+        job = job._replace(error=f"{error} {note}" if error else note)
+    return job
 
 
 def _parse_claimed(data: bytes) -> list[Claimed]:
@@ -619,13 +643,16 @@ class RedisBroker(BrokerFront):
     async def _stats(self) -> dict[str, QueueStats]:
         flat = await self._run(self._scripts.stats, [])
         return {
-            flat[i].decode(): QueueStats(*(int(n) for n in flat[i + 1 : i + 8]))
+            flat[i].decode(errors="backslashreplace"): QueueStats(
+                *(int(n) for n in flat[i + 1 : i + 8])
+            )
             for i in range(0, len(flat), 8)
         }
 
     async def _dead_letters(self, queue: str | None, limit: int) -> list[StoredJob]:
         reply = await self._run(self._scripts.dead_letters, [limit, *([queue] if queue else [])])
-        rows = (_stored_job(item[0].decode(), item[1]) for item in reply)
+        ids = (item[0].decode(errors="backslashreplace") for item in reply)
+        rows = (_stored_job(job_id, item[1]) for job_id, item in zip(ids, reply, strict=True))
         return [row for row in rows if row is not None]
 
     async def _retry_dead(self, job_id: str) -> bool:

@@ -4,6 +4,7 @@ local jk = jkey(id)
 local f = redis.call('HMGET', jk, 'state', 'queue', 'key', 'error', 'run')
 local state, queue = f[1], f[2]
 if not state or not LIVE[state] then return 0 end
+if not queue then return redis.error_reply('bad stored record: job ' .. id .. ' has no queue field') end
 local keep_until = 0
 if state == 'queued' then
   redis.call('ZREM', P .. 'ready:' .. queue, id)

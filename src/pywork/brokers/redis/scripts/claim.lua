@@ -35,8 +35,14 @@ local function reclaim(queue, default_mr)
   redis.call('ZREM', rk, unpack(ids))
   for _, id in ipairs(ids) do
     local jk = jkey(id)
-    local f = redis.call('HMGET', jk, 'state', 'attempts', 'mr', 'seq', 'key', 'error', 'run')
-    if f[1] == 'running' then
+    local f = redis.pcall('HMGET', jk, 'state', 'attempts', 'mr', 'seq', 'key', 'error', 'run',
+      'lease', 'queue')
+    if f[1] ~= 'running' then  -- (settled, or not a hash: nothing to take back)
+    elseif not counter(f[8]) then
+      bad_record(id, queue, "field 'lease' is not a count")
+    elseif not f[9] then
+      bad_record(id, queue, 'no queue field')
+    else
       local attempts = tonumber(f[2]) or 0
       local mr = tonumber(f[3]) or default_mr
       -- revoke the lease: its holder's token no longer matches (renew says "lost")
@@ -52,17 +58,50 @@ local function reclaim(queue, default_mr)
   end
 end
 
--- lazily delete succeeded / cancelled records past retention, at most every 2 s
+-- the lowest score of a queue's records kept for retention (nil: none)
+local function kept_head(queue)
+  local first = nil
+  for _, kind in ipairs({'succeeded', 'cancelled'}) do
+    local head = redis.call('ZRANGE', P .. kind .. ':' .. queue, 0, 0, 'WITHSCORES')
+    if head[2] and (not first or tonumber(head[2]) < first) then first = tonumber(head[2]) end
+  end
+  return first
+end
+
+-- lazily delete succeeded / cancelled records past retention, at most every 2 s, with
+-- bounded work: at most 1,000 records of at most 100 queues (found through P expiry), and
+-- a slice of about 100 names of P queues (SSCAN, its cursor in P sweep) whose queues are
+-- dropped when empty or indexed in P expiry (names left by older versions)
 local function cleanup()
   if not redis.call('SET', P .. 'cleanup', '1', 'PX', 2000, 'NX') then return end
-  for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  local cut = '(' .. (NOW - RET)
+  local budget = 1000
+  local ek = P .. 'expiry'
+  for _, queue in ipairs(redis.call('ZRANGE', ek, '-inf', cut, 'BYSCORE', 'LIMIT', 0, 100)) do
+    if budget <= 0 then break end
     for _, kind in ipairs({'succeeded', 'cancelled'}) do
       local zk = P .. kind .. ':' .. queue
-      local ids = redis.call('ZRANGE', zk, '-inf', '(' .. (NOW - RET), 'BYSCORE', 'LIMIT', 0, 1000)
+      local ids = redis.call('ZRANGE', zk, '-inf', cut, 'BYSCORE', 'LIMIT', 0, budget)
       if #ids > 0 then
         redis.call('ZREM', zk, unpack(ids))
         for _, id in ipairs(ids) do redis.call('DEL', jkey(id)) end
+        budget = budget - #ids
       end
+    end
+    local first = kept_head(queue)
+    if first then
+      redis.call('ZADD', ek, first, queue)
+    elseif not drop_if_empty(queue) then
+      redis.call('ZREM', ek, queue)
+    end
+  end
+  local sk = P .. 'sweep'
+  local scan = redis.call('SSCAN', P .. 'queues', redis.call('GET', sk) or '0', 'COUNT', 100)
+  redis.call('SET', sk, scan[1])
+  for _, queue in ipairs(scan[2]) do
+    if not drop_if_empty(queue) then
+      local first = kept_head(queue)
+      if first then redis.call('ZADD', ek, 'LT', first, queue) end
     end
   end
 end
@@ -77,7 +116,7 @@ if prior then
     local f = redis.call('HMGET', jkey(id), 'state', 'payload', 'attempts', 'lease')
     if f[1] == 'running' and tonumber(f[4]) == tonumber(token) + 1 then
       local payload = f[2] or ''
-      out[#out + 1] = #id .. ':' .. id .. token .. ':' .. (tonumber(f[3]) - 1) .. ':' ..
+      out[#out + 1] = #id .. ':' .. id .. token .. ':' .. ((tonumber(f[3]) or 1) - 1) .. ':' ..
         #payload .. ':' .. payload
     end
   end
@@ -119,12 +158,22 @@ local n = 0
 for i = 1, #ids do
   local id = ids[i]
   local jk = JP .. id
-  local f = redis.call('HMGET', jk, 'state', 'payload', 'attempts', 'lease')
-  if f[1] == 'queued' then
-    local attempts, token = f[3] or '0', f[4] or '0'
+  local f = redis.pcall('HMGET', jk, 'state', 'payload', 'attempts', 'lease', 'queue')
+  local attempts, token = f[3] or '0', f[4] or '0'
+  local queue = from[i] or queues[1]
+  if f[1] ~= 'queued' then  -- (a stale entry, or not a hash: dropped from the index)
+  elseif not counter(attempts) then
+    bad_record(id, queue, "field 'attempts' is not a count")
+  elseif not counter(token) then
+    bad_record(id, queue, "field 'lease' is not a count")
+  elseif f[5] ~= queue then
+    bad_record(id, queue, f[5] and 'its queue field is not the queue it is ready in'
+      or 'no queue field')
+  elseif not valid_utf8(id) then
+    bad_record(id, queue, 'the job id is not valid UTF-8')
+  else
     redis.call('HSET', jk, 'state', 'running', 'start', NOW,
       'attempts', tonumber(attempts) + 1, 'lease', tonumber(token) + 1)
-    local queue = from[i] or queues[1]
     local rz = running[queue]
     if not rz then rz = {}; running[queue] = rz end
     rz[#rz + 1] = deadline

@@ -36,6 +36,23 @@ local function later(op, kind, queue, score, id)
   batch[n + 1] = id
   batch.n = n + 1
 end
+-- P queues holds the names of the queues that hold records: a queue's name is dropped
+-- once its seven sets are empty. P expiry scores each queue holding records kept for
+-- retention (succeeded / cancelled) by the earliest of their scores, so that the clean-up
+-- finds the records past retention without walking every queue.
+local KINDS = {'ready', 'scheduled', 'failed', 'running', 'dead', 'succeeded', 'cancelled'}
+local function drop_if_empty(queue)
+  local keys = {}
+  for i, kind in ipairs(KINDS) do keys[i] = P .. kind .. ':' .. queue end
+  if redis.call('EXISTS', unpack(keys)) == 0 then
+    redis.call('SREM', P .. 'queues', queue)
+    redis.call('ZREM', P .. 'expiry', queue)
+    return true
+  end
+  return false
+end
+local kept = {}  -- queue -> lowest score of the records kept for retention by this script
+local emptied = {}  -- queues whose records this script deleted: their name may go
 -- the ids of the jobs this script finished (succeeded, dead, cancelled), published by
 -- flush() as one JSON array on P done for broker.wait, only while someone listens
 local done = {}
@@ -47,6 +64,19 @@ local function flush()
     end
   end
   pending, pending_order = {}, {}
+  if next(kept) then
+    local args = {'ZADD', P .. 'expiry', 'LT'}
+    for queue, score in pairs(kept) do
+      args[#args + 1] = score
+      args[#args + 1] = queue
+    end
+    redis.call(unpack(args))
+    kept = {}
+  end
+  if next(emptied) then
+    for queue in pairs(emptied) do drop_if_empty(queue) end
+    emptied = {}
+  end
   if done[1] then
     local channel = P .. 'done'
     if redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
@@ -91,6 +121,7 @@ local function finish(jk, id, queue, state, status, err, keep_until, f, more)
   done[#done + 1] = id
   if state ~= 'dead' and RET <= 0 and keep_until <= NOW then
     redis.call('DEL', jk)
+    emptied[queue] = true
     return
   end
   if more then
@@ -118,8 +149,51 @@ local function finish(jk, id, queue, state, status, err, keep_until, f, more)
   if state == 'dead' then
     later('ZADD', 'dead', queue, NOW, id)
   else
-    later('ZADD', state, queue, math.max(NOW, keep_until - RET), id)
+    local score = math.max(NOW, keep_until - RET)
+    later('ZADD', state, queue, score, id)
+    if not kept[queue] or score < kept[queue] then kept[queue] = score end
   end
+end
+
+-- a job whose record cannot be used (a mistyped or missing field, an id that is not
+-- UTF-8): dead with BAD_REQUEST and an error naming what is wrong
+local function bad_record(id, queue, what)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'key', 'error', 'run')
+  finish(jk, id, queue, 'dead', '400', 'bad stored record: ' .. what, 0, f)
+end
+
+-- true when `s` is valid UTF-8 (what Python's strict decoder accepts)
+local function valid_utf8(s)
+  if not string.find(s, '[\128-\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    if c < 128 then
+      i = i + 1
+    else
+      local len, min
+      if c >= 194 and c <= 223 then len, min = 2, 128
+      elseif c >= 224 and c <= 239 then len, min = 3, 2048
+      elseif c >= 240 and c <= 244 then len, min = 4, 65536
+      else return false end
+      if i + len - 1 > n then return false end
+      local cp = c % (2 ^ (7 - len))
+      for j = i + 1, i + len - 1 do
+        local b = string.byte(s, j)
+        if b < 128 or b > 191 then return false end
+        cp = cp * 64 + (b - 128)
+      end
+      if cp < min or cp > 1114111 or (cp >= 55296 and cp <= 57343) then return false end
+      i = i + len
+    end
+  end
+  return true
+end
+
+-- a non-negative integer as stored by pywork (decimal digits, exact in a double)
+local function counter(s)
+  return s == false or s == nil or (#s < 16 and string.find(s, '^%d+$') ~= nil)
 end
 
 -- store jobs ([[id, queue, payload, handler, key, mr, when], ...]; when: "" = now,

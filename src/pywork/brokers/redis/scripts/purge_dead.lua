@@ -10,5 +10,6 @@ for _, queue in ipairs(queues) do
     n = n + 1
   end
   redis.call('DEL', zk)
+  drop_if_empty(queue)
 end
 return n

@@ -14,8 +14,8 @@ if ARGV[5] then
 end
 for i = 1, #leases, 2 do
   local id, token = leases[i], leases[i + 1]
-  local f = redis.call('HMGET', jkey(id), 'state', 'lease', 'queue')
-  if f[2] ~= token then
+  local f = redis.pcall('HMGET', jkey(id), 'state', 'lease', 'queue')
+  if f[2] ~= token or (f[1] == 'running' and not f[3]) then  -- (no queue: a bad record)
     out[#out + 1] = id
     out[#out + 1] = 'lost'
   elseif f[1] == 'running' then

@@ -4,6 +4,8 @@ local jk = jkey(id)
 local f = redis.call('HMGET', jk, 'state', 'queue', 'key')
 if f[1] ~= 'dead' then return 0 end
 local queue, key = f[2], f[3]
+if not queue then return redis.error_reply('bad stored record: job ' .. id .. ' has no queue field') end
+redis.call('SADD', P .. 'queues', queue)
 redis.call('ZREM', P .. 'dead:' .. queue, id)
 redis.call('HDEL', jk, 'status', 'error', 'start', 'fin', 'run', 'result', 'progress')
 local seq = next_seq(1) + 1

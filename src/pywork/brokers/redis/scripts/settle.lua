@@ -15,10 +15,12 @@ for b = 1, #o, 6 do
   local id, token, state = o[b], o[b + 1], o[b + 2]
   local status, err, retry = o[b + 3], o[b + 4], o[b + 5]
   local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
+  local f = redis.pcall('HMGET', jk, 'state', 'lease', 'queue', 'attempts', 'seq', 'key', 'error')
   if f[2] == token and f[1] == state then
     out[#out + 1] = '1'  -- applied by an earlier call whose reply was lost
-  elseif f[1] ~= 'running' or f[2] ~= token then
+  elseif f[1] ~= 'running' or f[2] ~= token or not f[3] then
+    -- (a record without its queue cannot be moved: the claim that takes it back after
+    -- its lease, knowing the queue, settles it dead as a bad record)
     out[#out + 1] = '0'
   else
     local queue = f[3]
