@@ -145,15 +145,15 @@ async def test_reporting_in_a_tight_loop_costs_a_few_writes_a_second() -> None:
     async def spin(job: Job) -> None:
         nonlocal reports
         assert job.ctx is not None
-        end = time.monotonic() + 1.5
+        end = time.monotonic() + 2.0
         while time.monotonic() < end:
             for _ in range(1000):
                 reports += 1
                 job.ctx.set_progress(reports)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)  # lets the lease thread have the GIL now and then
 
     job_id = await broker.enqueue(Job("spin"))
     async with consuming(worker, broker):
         record = await broker.wait(job_id, timeout=20)
     assert record.progress is not None and record.progress.current == reports > 10_000
-    assert 1 <= broker.writes <= 5 * 1.5 + 2  # at most 5 writes a second per running job
+    assert 1 <= broker.writes <= 5 * 2.0 + 2  # at most 5 writes a second per running job
