@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-__all__ = ["duration", "optional_duration", "positive_int"]
+__all__ = ["backoff_pair", "duration", "optional_duration", "positive_int"]
 
 
 def duration(value: object, name: str, *, allow_zero: bool = True) -> float:
@@ -36,3 +36,14 @@ def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return value
+
+
+def backoff_pair(value: object) -> tuple[float, float]:
+    """Return a ``(base, cap)`` backoff as float seconds, or raise a clear error."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise TypeError(f"backoff must be a (base, cap) pair of seconds, got {value!r}")
+    base = duration(value[0], "backoff base")
+    cap = duration(value[1], "backoff cap")
+    if cap < base:
+        raise ValueError(f"backoff cap must be >= its base, got {value!r}")
+    return base, cap

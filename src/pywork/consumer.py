@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pywork._durations import duration, positive_int
+from pywork._durations import backoff_pair, duration, positive_int
 from pywork.brokers.base import Broker, Delivery, JobState, Outcome
 from pywork.brokers.front import encode_progress
 from pywork.encoding import encode_value
@@ -246,13 +246,7 @@ class Consumer:
         self.concurrency = positive_int(concurrency, "concurrency")
         self.lease = duration(lease, "lease", allow_zero=False)
         self.max_retries = positive_int(max_retries, "max_retries", minimum=0)
-        if not isinstance(backoff, tuple | list) or len(backoff) != 2:
-            raise TypeError(f"backoff must be a (base, cap) pair of seconds, got {backoff!r}")
-        base = duration(backoff[0], "backoff base")
-        cap = duration(backoff[1], "backoff cap")
-        if cap < base:
-            raise ValueError(f"backoff cap must be >= its base, got {backoff!r}")
-        self.backoff = (base, cap)
+        self.backoff = backoff_pair(backoff)
         self.queues = tuple(dict.fromkeys(queues))
         self.prefetch = adaptive_prefetch(self.concurrency, 1.0)  # until runs are timed
         self._average_duration = 1.0  # seconds, moving average of recent runs

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pywork._durations import backoff_pair, positive_int
 from pywork.brokers.base import Delivery, JobState, Outcome
 from pywork.consumer import DEFAULT_CONCURRENCY, outcome_for, retry_delay
 from pywork.errors import HandlerNotFound, WorkerNotRunning
@@ -88,24 +89,6 @@ SETTLE_PAUSE = 0.05
 SOURCE_ERROR_BACKOFF = (0.05, 2.0)
 
 
-def _seconds(value: object, name: str) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be seconds (a float or a timedelta), got {value!r}")
-    if not value >= 0:  # also refuses NaN
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
-def _count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 def dead_letter_reason(status: Status, error: str | None) -> str:
     """The reason stored with a dead letter: ``"BAD_REQUEST (400): BadRequest: no id"``."""
     head = f"{status.name} ({int(status)})"
@@ -145,15 +128,9 @@ class SourceConsumer:
             )
         if concurrency is None:
             concurrency = worker.max_concurrency or DEFAULT_CONCURRENCY
-        self.concurrency = _count(concurrency, "concurrency", 1)
-        self.max_retries = _count(max_retries, "max_retries", 0)
-        if not isinstance(backoff, tuple | list) or len(backoff) != 2:
-            raise TypeError(f"backoff must be a (base, cap) pair of seconds, got {backoff!r}")
-        base = _seconds(backoff[0], "backoff base")
-        cap = _seconds(backoff[1], "backoff cap")
-        if cap < base:
-            raise ValueError(f"backoff cap must be >= its base, got {backoff!r}")
-        self.backoff = (base, cap)
+        self.concurrency = positive_int(concurrency, "concurrency")
+        self.max_retries = positive_int(max_retries, "max_retries", minimum=0)
+        self.backoff = backoff_pair(backoff)
         self.worker = worker
         self.source = source
         self.job = job
